@@ -1,0 +1,113 @@
+"""``raybench`` command line: one sub-command per step of the flow.
+
+Heavy imports (torch, Ray) happen inside each command, so ``raybench --help`` and
+``raybench grid --dry-run`` stay fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+
+from raybench.study import Study, StudyError, TrialSpec, load_study
+
+
+def _resources(t: TrialSpec) -> str:
+    s = t.scaling
+    per = f"{s.gpus_per_worker:g} GPU, {s.cpus_per_worker:g} CPU" if s.use_gpu else f"{s.cpus_per_worker:g} CPU"
+    return f"{s.workers} x ({per})"
+
+
+def trial_table(trials: Sequence[TrialSpec]) -> str:
+    """The dry-run table: one line per trial, fixed-width columns."""
+    header = ("trial", "dataset", "task", "decoder", "backbone", "pretraining", "regime", "seed",
+              "iters", "batch", "resources")
+    rows = [header] + [
+        (t.name, t.dataset.id, t.task, t.decoder, t.backbone.arch, t.backbone.pretraining,
+         t.regime, str(t.seed), str(t.recipe.schedule.iterations), str(t.recipe.batch_size),
+         _resources(t))
+        for t in trials
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def cmd_grid(args: argparse.Namespace) -> int:
+    study: Study = load_study(args.study, dry_run=args.dry_run)
+    trials = study.select(args.only)
+    if args.json:
+        print(json.dumps([t.to_dict() | {"name": t.name} for t in trials], indent=1))
+        return 0
+    print(f"study {study.name!r} ({study.source}): {study.description}")
+    print(trial_table(trials))
+    s = study.scaling
+    gpus = len(trials) * s.workers * s.gpus_per_worker if s.use_gpu else 0
+    print(f"\n{len(trials)} trials ({len(study.rows)} rows x {len(study.datasets)} datasets x "
+          f"{len(study.seeds)} seeds); each needs 1 driver CPU + {_resources(trials[0])}; "
+          f"{gpus:g} GPUs to run all at once.")
+    if args.dry_run:
+        print("dry run: dataset roots and weight files were not checked.")
+    return 0
+
+
+def _add_grid(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("grid", help="validate a study file and print its trial table",
+                       description="Validate STUDY (every problem at once) and list its trials.")
+    p.add_argument("study", help="study YAML file, e.g. experiments/paper.yaml")
+    p.add_argument("--dry-run", action="store_true",
+                   help="do not require dataset roots or weight files to exist")
+    p.add_argument("--only", help="glob pattern(s) over trial names, comma-separated")
+    p.add_argument("--json", action="store_true", help="print the trial specs as JSON")
+    p.set_defaults(func=cmd_grid)
+
+
+# Commands contributed by the other packages: (module, function adding the sub-parser).
+_PLUGINS: tuple[tuple[str, str], ...] = (
+    ("raybench.data.cli", "add_data_commands"),
+    ("raybench.engine.cli", "add_train_command"),
+    ("raybench.sweep.cli", "add_run_command"),
+    ("raybench.results.cli", "add_report_command"),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="raybench",
+        description="Transfer-learning sweeps for industrial inspection on Ray "
+                    "(study -> sweep -> trial -> engine -> report).",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_grid(sub)
+    import importlib
+
+    for module_name, fn_name in _PLUGINS:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name and exc.name.startswith("raybench"):
+                continue  # that part of raybench is not built yet
+            raise
+        adder: Callable[[argparse._SubParsersAction], None] = getattr(module, fn_name)
+        adder(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except StudyError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""Rubber Rings (Liu et al. 2025, liutongkun/GFDS): MVTec-style folders, 9 defect classes.
+
+``{Large,Small,Side}/images/<defect>/<name>.<ext>`` with grayscale masks in
+``{Large,Small,Side}/ground_truth/<defect>/<name>_mask.<ext>`` (MVTec convention) or
+``.../<name>.<ext>`` (same stem); a pixel is defect where the mask value is > 30. Each image
+shows one defect type, so the folder gives the class.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from raybench.data.base import (
+    IMAGE_SUFFIXES,
+    ImageInfo,
+    InspectionDataset,
+    image_size,
+    list_images,
+    read_mask,
+    stratified_split,
+)
+from raybench.data.errors import DatasetFormatError
+from raybench.data.registry import register_dataset
+
+CLASS_NAMES: tuple[str, ...] = (
+    "Large_bubble",
+    "Large_pit",
+    "Large_pressure",
+    "Large_wear",
+    "Small_fins",
+    "Small_pit",
+    "Small_scratch",
+    "Side_holes",
+    "Side_boundary",
+)
+PARTS: tuple[str, ...] = ("Large", "Small", "Side")
+GOOD_FOLDERS = frozenset({"good", "ok", "normal"})
+
+
+def find_mask(gt_dir: Path, image: Path) -> Path | None:
+    """The mask of ``image``: ``<stem>_mask.*`` (MVTec) first, then ``<stem>.*``."""
+    for stem in (f"{image.stem}_mask", image.stem):
+        for suffix in (image.suffix, *IMAGE_SUFFIXES):
+            candidate = gt_dir / f"{stem}{suffix}"
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+@register_dataset("rubber_rings")
+class RubberRingsDataset(InspectionDataset):
+    """Rubber Rings semantic segmentation: 0 = background, 1..9 in :data:`CLASS_NAMES` order."""
+
+    OPTIONS: ClassVar[dict[str, Any]] = {
+        "val_fraction": 0.2,
+        "split_seed": 42,
+        "mask_threshold": 30,
+        "include_good": False,
+        "skip_unreadable": False,
+    }
+    task = "semantic"
+    num_classes = len(CLASS_NAMES)
+
+    def __init__(
+        self,
+        root: Path,
+        split: str,
+        transforms: Any = None,
+        *,
+        val_fraction: float = 0.2,
+        split_seed: int = 42,
+        mask_threshold: int = 30,
+        include_good: bool = False,
+        skip_unreadable: bool = False,
+    ) -> None:
+        super().__init__(root, split, transforms, skip_unreadable)
+        self.class_names = list(CLASS_NAMES)
+        self.mask_threshold = int(mask_threshold)
+        present = [p for p in PARTS if (self.root / p / "images").is_dir()]
+        if not present:
+            raise DatasetFormatError(
+                f"rubber_rings: none of {', '.join(f'{p}/images/' for p in PARTS)} found under "
+                f"{self.root}; expected MVTec-style folders <part>/images/<defect>/ and "
+                "<part>/ground_truth/<defect>/"
+            )
+        groups: dict[str, list[str]] = {name: [] for name in CLASS_NAMES}
+        entries: dict[str, tuple[Path, Path | None, int]] = {}
+        for part in present:
+            for folder in sorted(p for p in (self.root / part / "images").iterdir() if p.is_dir()):
+                cls_name = f"{part}_{folder.name}"
+                if folder.name.lower() in GOOD_FOLDERS:
+                    if not include_good:
+                        continue
+                    cls_id, group = 0, "good"
+                elif cls_name in CLASS_NAMES:
+                    cls_id, group = CLASS_NAMES.index(cls_name) + 1, cls_name
+                else:
+                    self.note("unknown_defect_folders", f"{folder} (known: {', '.join(CLASS_NAMES)})")
+                    continue
+                gt_dir = self.root / part / "ground_truth" / folder.name
+                for image in list_images(folder):
+                    mask = None
+                    if cls_id:
+                        mask = find_mask(gt_dir, image)
+                        if mask is None:
+                            raise DatasetFormatError(
+                                f"rubber_rings: no mask for {image}; expected "
+                                f"{gt_dir / (image.stem + '_mask.png')} or "
+                                f"{gt_dir / (image.stem + image.suffix)}"
+                            )
+                    key = str(image.relative_to(self.root))
+                    groups.setdefault(group, []).append(key)
+                    entries[key] = (image, mask, cls_id)
+        train, val = stratified_split(groups, val_fraction, split_seed)
+        self._masks: list[Path | None] = []
+        self._classes: list[int] = []
+        for key in sorted(train if split == "train" else val):
+            image, mask, cls_id = entries[key]
+            w, h = image_size(image)
+            self._infos.append(ImageInfo(image, w, h, len(self._infos)))
+            self._masks.append(mask)
+            self._classes.append(cls_id)
+        self.finish_index()
+
+    def image_classes(self, i: int) -> list[int]:
+        return [self._classes[i]] if self._classes[i] else []
+
+    def load_target(self, i: int, size: tuple[int, int] | None = None) -> dict[str, torch.Tensor]:
+        info = self._infos[i]
+        mask_path = self._masks[i]
+        if mask_path is None:
+            h, w = size if size is not None else (info.height, info.width)
+            return {"sem_seg": torch.zeros((h, w), dtype=torch.int64)}
+        mask = read_mask(mask_path)
+        sem = np.where(mask > self.mask_threshold, np.uint8(self._classes[i]), np.uint8(0))
+        return {"sem_seg": torch.from_numpy(sem).to(torch.int64)}

@@ -1,0 +1,319 @@
+"""The study's data model: frozen, serialisable specs (no torch, no Ray imports).
+
+A :class:`TrialSpec` is everything one trial does; the engine, the sweep and the report
+all read it and nothing else, so a trial is reproducible from its spec alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from raybench.study.schema import from_plain, to_plain
+
+Task = Literal["semantic", "detection", "instance"]
+Regime = Literal["frozen", "full"]
+REGIMES: tuple[str, ...] = ("frozen", "full")
+
+# Which decoders serve which task: the study may only pair them this way.
+DECODERS: dict[str, tuple[str, ...]] = {
+    "semantic": ("mask2former", "upernet", "fpn"),
+    "detection": ("faster_rcnn",),
+    "instance": ("mask_rcnn",),
+}
+# Headline metric per task (the study may override per dataset).
+DEFAULT_METRIC: dict[str, str] = {
+    "semantic": "val/mIoU",
+    "detection": "val/box_AP50",
+    "instance": "val/mask_AP",
+}
+
+
+def _pos(**extra: Any) -> Any:
+    return field(metadata={"gt": 0, **extra})
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """Optimizer hyper-parameters, defined for the *global* batch size."""
+
+    name: Literal["sgd", "adamw"]
+    lr: float = field(metadata={"gt": 0})
+    weight_decay: float = field(default=0.0, metadata={"ge": 0})
+    momentum: float = field(default=0.9, metadata={"ge": 0, "lt": 1})
+    betas: tuple[float, float] = (0.9, 0.999)
+    backbone_lr_mult: float = field(default=1.0, metadata={"ge": 0})
+    layer_decay: float | None = field(default=None, metadata={"gt": 0, "le": 1})
+    norm_weight_decay: float | None = field(default=None, metadata={"ge": 0})
+    bias_weight_decay: float | None = field(default=None, metadata={"ge": 0})
+    embed_weight_decay: float | None = field(default=None, metadata={"ge": 0})
+
+
+@dataclass(frozen=True)
+class ScheduleSpec:
+    """Iteration-based LR schedule.
+
+    ``length: "3x"`` places Detectron2's steps for an N x 90k schedule (for N > 2 at
+    total-60k and total-20k, else at 2/3 and 8/9 of it) and scales them to ``iterations``.
+    """
+
+    name: Literal["multistep", "poly", "constant"]
+    iterations: int = field(metadata={"gt": 0})
+    length: str | None = None
+    steps: tuple[int, ...] = ()
+    gamma: float = field(default=0.1, metadata={"gt": 0})
+    power: float = field(default=0.9, metadata={"gt": 0})
+    warmup_iters: int = field(default=0, metadata={"ge": 0})
+    warmup_factor: float = field(default=0.001, metadata={"gt": 0, "le": 1})
+
+    def __post_init__(self) -> None:
+        if self.length is not None:
+            from raybench.study.schedule import parse_length
+
+            parse_length(self.length)  # raises ValueError with a clear message
+        if any(s <= 0 or s >= self.iterations for s in self.steps):
+            raise ValueError(f"schedule.steps must lie in (0, {self.iterations}), got {self.steps}")
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """Image sizes and augmentation; sizes are short edges in pixels."""
+
+    train_short_edge: tuple[int, ...]
+    train_max_size: int = field(metadata={"gt": 0})
+    test_short_edge: int = field(metadata={"gt": 0})
+    test_max_size: int = field(metadata={"gt": 0})
+    crop_size: tuple[int, int] | None = None
+    crop_defect_p: float = field(default=0.7, metadata={"ge": 0, "le": 1})
+    flip: bool = True
+    size_divisibility: int = field(default=32, metadata={"gt": 0})
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    """Gradient clipping: ``full_model`` = one L2 norm over all parameters (Mask2Former)."""
+
+    type: Literal["full_model", "norm", "value"] = "full_model"
+    value: float = field(default=0.01, metadata={"gt": 0})
+
+
+@dataclass(frozen=True)
+class DetectorOptions:
+    """torchvision Faster/Mask R-CNN options (Detectron2 defaults unless said)."""
+
+    anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512)
+    aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    fpn_channels: int = field(default=256, metadata={"gt": 0})
+    rpn_batch_size_per_image: int = field(default=256, metadata={"gt": 0})
+    rpn_pre_nms_top_n_train: int = field(default=2000, metadata={"gt": 0})
+    rpn_post_nms_top_n_train: int = field(default=1000, metadata={"gt": 0})
+    rpn_pre_nms_top_n_test: int = field(default=1000, metadata={"gt": 0})
+    rpn_post_nms_top_n_test: int = field(default=1000, metadata={"gt": 0})
+    box_batch_size_per_image: int = field(default=512, metadata={"gt": 0})
+    box_detections_per_img: int = field(default=100, metadata={"gt": 0})
+    box_score_thresh: float = field(default=0.05, metadata={"ge": 0, "le": 1})
+
+
+@dataclass(frozen=True)
+class Mask2FormerOptions:
+    """Mask2Former head sizes and loss weights (official defaults)."""
+
+    num_queries: int = field(default=100, metadata={"gt": 0})
+    hidden_dim: int = field(default=256, metadata={"gt": 0})
+    enc_layers: int = field(default=6, metadata={"ge": 0})
+    dec_layers: int = field(default=10, metadata={"gt": 0})
+    mask_dim: int = field(default=256, metadata={"gt": 0})
+    nheads: int = field(default=8, metadata={"gt": 0})
+    dim_feedforward: int = field(default=2048, metadata={"gt": 0})
+    enc_dim_feedforward: int = field(default=1024, metadata={"gt": 0})
+    num_points: int = field(default=12544, metadata={"gt": 0})
+    oversample_ratio: float = field(default=3.0, metadata={"ge": 1})
+    importance_sample_ratio: float = field(default=0.75, metadata={"ge": 0, "le": 1})
+    class_weight: float = field(default=2.0, metadata={"ge": 0})
+    mask_weight: float = field(default=5.0, metadata={"ge": 0})
+    dice_weight: float = field(default=5.0, metadata={"ge": 0})
+    no_object_weight: float = field(default=0.1, metadata={"ge": 0})
+    class_cost: float = field(default=2.0, metadata={"ge": 0})
+
+
+@dataclass(frozen=True)
+class SmpOptions:
+    """segmentation-models-pytorch decoder options (UPerNet / FPN)."""
+
+    decoder_channels: int = field(default=256, metadata={"gt": 0})
+    dropout: float = field(default=0.0, metadata={"ge": 0, "lt": 1})
+
+
+MODEL_OPTIONS: dict[str, type] = {
+    "faster_rcnn": DetectorOptions,
+    "mask_rcnn": DetectorOptions,
+    "mask2former": Mask2FormerOptions,
+    "upernet": SmpOptions,
+    "fpn": SmpOptions,
+}
+
+
+@dataclass(frozen=True)
+class RecipeSpec:
+    """Everything about how one trial trains; learning rates refer to ``batch_size``."""
+
+    optimizer: OptimizerSpec
+    schedule: ScheduleSpec
+    input: InputSpec
+    batch_size: int = field(metadata={"gt": 0})
+    clip_grad: ClipSpec | None = None
+    amp: bool = True
+    drop_path: float = field(default=0.0, metadata={"ge": 0, "lt": 1})
+    eval_period: int = field(default=1000, metadata={"gt": 0})
+    checkpoint_period: int = field(default=1000, metadata={"gt": 0})
+    log_period: int = field(default=20, metadata={"gt": 0})
+    loader_workers: int = field(default=4, metadata={"ge": 0})
+    compile: bool = False
+    model: dict[str, Any] = field(default_factory=dict)
+    by_backbone: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def model_options(self, decoder: str) -> Any:
+        """The decoder's typed options (defaults filled in)."""
+        return from_plain(MODEL_OPTIONS[decoder], self.model)
+
+
+@dataclass(frozen=True)
+class SynthSpec:
+    """How to write a synthetic copy of a dataset when its root is absent (smoke runs)."""
+
+    images: int = field(default=8, metadata={"gt": 0})
+    size: int = field(default=64, metadata={"gt": 0})
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """One dataset of the study: where it is, how to read it, and how to train on it."""
+
+    id: str
+    format: str
+    task: Task
+    decoder: str
+    root: str
+    recipe: str
+    options: dict[str, Any] = field(default_factory=dict)
+    metric: str | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+    synthetic: SynthSpec | None = None
+
+    @property
+    def headline_metric(self) -> str:
+        return self.metric or DEFAULT_METRIC[self.task]
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """A backbone = architecture + pretraining (+ where its weights come from)."""
+
+    id: str
+    arch: str
+    timm_name: str
+    pretraining: str
+    pretraining_data: str = ""
+    pretrained: bool = True
+    weights: str | None = None
+    out_indices: tuple[int, ...] | None = None
+
+    @property
+    def model_name(self) -> str:
+        """timm architecture without the pretrained tag (``convnext_tiny``)."""
+        return self.timm_name.split(".", 1)[0]
+
+
+@dataclass(frozen=True)
+class RowSpec:
+    """One row of Table 2: a backbone under a regime."""
+
+    backbone: str
+    regime: Regime
+
+
+@dataclass(frozen=True)
+class ScalingSpec:
+    """Resources of one trial. The global batch never changes with ``workers``."""
+
+    workers: int = field(default=1, metadata={"gt": 0})
+    use_gpu: bool = True
+    gpus_per_worker: float = field(default=1.0, metadata={"ge": 0})
+    cpus_per_worker: float = field(default=4.0, metadata={"gt": 0})
+    max_batch_per_worker: int | None = field(default=None, metadata={"gt": 0})
+    max_concurrent_trials: int | None = field(default=None, metadata={"gt": 0})
+
+    def per_worker_batch(self, global_batch: int) -> tuple[int, int]:
+        """(micro-batch per worker, gradient-accumulation steps) for a global batch."""
+        share = global_batch // self.workers
+        cap = self.max_batch_per_worker or share
+        accum = -(-share // cap)
+        while share % accum:
+            accum += 1
+        return share // accum, accum
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """One trial, frozen and serialisable; ``name`` is stable and human-readable."""
+
+    study: str
+    dataset: DatasetSpec
+    backbone: BackboneSpec
+    regime: Regime
+    seed: int
+    recipe: RecipeSpec
+    scaling: ScalingSpec
+
+    @property
+    def name(self) -> str:
+        return trial_name(self.dataset.id, self.backbone.arch, self.backbone.pretraining,
+                          self.regime, self.seed)
+
+    @property
+    def task(self) -> str:
+        return self.dataset.task
+
+    @property
+    def decoder(self) -> str:
+        return self.dataset.decoder
+
+    def axes(self) -> dict[str, Any]:
+        """The grid coordinates of this trial (for tables, tags and Parquet columns)."""
+        return {
+            "trial": self.name,
+            "study": self.study,
+            "dataset": self.dataset.id,
+            "task": self.task,
+            "decoder": self.decoder,
+            "backbone": self.backbone.arch,
+            "timm_name": self.backbone.timm_name,
+            "pretraining": self.backbone.pretraining,
+            "regime": self.regime,
+            "seed": self.seed,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_plain(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrialSpec:
+        return from_plain(cls, data)
+
+    @classmethod
+    def from_json(cls, text: str) -> TrialSpec:
+        return cls.from_dict(json.loads(text))
+
+    def replace(self, **changes: Any) -> TrialSpec:
+        return dataclasses.replace(self, **changes)
+
+
+def trial_name(dataset: str, arch: str, pretraining: str, regime: str, seed: int) -> str:
+    """``gdxray-convnext_t-dinov3-frozen-s42``: stable, readable, safe as a folder name."""
+    return f"{dataset}-{arch}-{pretraining}-{regime}-s{seed}"
