@@ -105,8 +105,7 @@ def resolve_timm_name(spec: BackboneSpec) -> str:
     return f"{spec.timm_name}.{tag}" if tag else spec.timm_name
 
 
-def build_backbone(spec: BackboneSpec, *, drop_path_rate: float = 0.0,
-                   frozen: bool = False) -> Backbone:
+def build_backbone(spec: BackboneSpec, *, drop_path_rate: float = 0.0, frozen: bool = False) -> Backbone:
     """Create the backbone of a study entry.
 
     Weights: a local file (``weights:``) if given; else the timm/HF hub id when
@@ -121,9 +120,7 @@ def build_backbone(spec: BackboneSpec, *, drop_path_rate: float = 0.0,
     if spec.weights:
         path = Path(spec.weights)
         if not path.is_file():
-            raise BackboneWeightsError(
-                f"backbone {spec.id!r}: weights file not found: {path}"
-            )
+            raise BackboneWeightsError(f"backbone {spec.id!r}: weights file not found: {path}")
         kwargs["pretrained_cfg_overlay"] = {"file": str(path)}
     try:
         body = timm.create_model(timm_id, pretrained=pretrained, **kwargs)

@@ -16,18 +16,41 @@ from raybench.study import Study, StudyError, TrialSpec, load_study
 
 def _resources(t: TrialSpec) -> str:
     s = t.scaling
-    per = f"{s.gpus_per_worker:g} GPU, {s.cpus_per_worker:g} CPU" if s.use_gpu else f"{s.cpus_per_worker:g} CPU"
+    per = f"{s.cpus_per_worker:g} CPU"
+    if s.use_gpu:
+        per = f"{s.gpus_per_worker:g} GPU, {per}"
     return f"{s.workers} x ({per})"
 
 
 def trial_table(trials: Sequence[TrialSpec]) -> str:
     """The dry-run table: one line per trial, fixed-width columns."""
-    header = ("trial", "dataset", "task", "decoder", "backbone", "pretraining", "regime", "seed",
-              "iters", "batch", "resources")
+    header = (
+        "trial",
+        "dataset",
+        "task",
+        "decoder",
+        "backbone",
+        "pretraining",
+        "regime",
+        "seed",
+        "iters",
+        "batch",
+        "resources",
+    )
     rows = [header] + [
-        (t.name, t.dataset.id, t.task, t.decoder, t.backbone.arch, t.backbone.pretraining,
-         t.regime, str(t.seed), str(t.recipe.schedule.iterations), str(t.recipe.batch_size),
-         _resources(t))
+        (
+            t.name,
+            t.dataset.id,
+            t.task,
+            t.decoder,
+            t.backbone.arch,
+            t.backbone.pretraining,
+            t.regime,
+            str(t.seed),
+            str(t.recipe.schedule.iterations),
+            str(t.recipe.batch_size),
+            _resources(t),
+        )
         for t in trials
     ]
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
@@ -46,20 +69,26 @@ def cmd_grid(args: argparse.Namespace) -> int:
     print(trial_table(trials))
     s = study.scaling
     gpus = len(trials) * s.workers * s.gpus_per_worker if s.use_gpu else 0
-    print(f"\n{len(trials)} trials ({len(study.rows)} rows x {len(study.datasets)} datasets x "
-          f"{len(study.seeds)} seeds); each needs 1 driver CPU + {_resources(trials[0])}; "
-          f"{gpus:g} GPUs to run all at once.")
+    print(
+        f"\n{len(trials)} trials ({len(study.rows)} rows x {len(study.datasets)} datasets x "
+        f"{len(study.seeds)} seeds); each needs 1 driver CPU + {_resources(trials[0])}; "
+        f"{gpus:g} GPUs to run all at once."
+    )
     if args.dry_run:
         print("dry run: dataset roots and weight files were not checked.")
     return 0
 
 
 def _add_grid(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("grid", help="validate a study file and print its trial table",
-                       description="Validate STUDY (every problem at once) and list its trials.")
+    p = sub.add_parser(
+        "grid",
+        help="validate a study file and print its trial table",
+        description="Validate STUDY (every problem at once) and list its trials.",
+    )
     p.add_argument("study", help="study YAML file, e.g. experiments/paper.yaml")
-    p.add_argument("--dry-run", action="store_true",
-                   help="do not require dataset roots or weight files to exist")
+    p.add_argument(
+        "--dry-run", action="store_true", help="do not require dataset roots or weight files to exist"
+    )
     p.add_argument("--only", help="glob pattern(s) over trial names, comma-separated")
     p.add_argument("--json", action="store_true", help="print the trial specs as JSON")
     p.set_defaults(func=cmd_grid)
@@ -78,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="raybench",
         description="Transfer-learning sweeps for industrial inspection on Ray "
-                    "(study -> sweep -> trial -> engine -> report).",
+        "(study -> sweep -> trial -> engine -> report).",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_grid(sub)

@@ -10,8 +10,14 @@ from raybench.study import BackboneSpec
 
 
 def spec(arch: str, timm_name: str, pretraining: str = "supervised", **kw) -> BackboneSpec:
-    return BackboneSpec(id=f"{arch}-{pretraining}", arch=arch, timm_name=timm_name,
-                        pretraining=pretraining, pretrained=kw.pop("pretrained", False), **kw)
+    return BackboneSpec(
+        id=f"{arch}-{pretraining}",
+        arch=arch,
+        timm_name=timm_name,
+        pretraining=pretraining,
+        pretrained=kw.pop("pretrained", False),
+        **kw,
+    )
 
 
 PAPER = [
@@ -56,8 +62,11 @@ class Head(torch.nn.Module):
         return self.decoder(self.backbone(x)[-1]).mean()
 
 
-@pytest.mark.parametrize("bspec", [PAPER[0][0], PAPER[1][0], spec("resnet18", "resnet18")],
-                         ids=["resnet50_gn", "convnext_t", "resnet18_bn"])
+@pytest.mark.parametrize(
+    "bspec",
+    [PAPER[0][0], PAPER[1][0], spec("resnet18", "resnet18")],
+    ids=["resnet50_gn", "convnext_t", "resnet18_bn"],
+)
 def test_frozen_regime_leaves_backbone_bit_identical(bspec):
     torch.manual_seed(0)
     model = Head(build_backbone(bspec, frozen=True))
@@ -99,11 +108,9 @@ def test_weights_from_a_local_file(tmp_path):
     source = timm.create_model("convnext_tiny", pretrained=False)
     path = tmp_path / "convnext_tiny.pth"
     torch.save(source.state_dict(), path)
-    bb = build_backbone(spec("convnext_t", "convnext_tiny.fb_in1k", pretrained=True,
-                             weights=str(path)))
+    bb = build_backbone(spec("convnext_t", "convnext_tiny.fb_in1k", pretrained=True, weights=str(path)))
     assert torch.equal(bb.body.stem_0.weight, source.stem[0].weight)
-    assert torch.equal(bb.body.stages_3.blocks[2].conv_dw.weight,
-                       source.stages[3].blocks[2].conv_dw.weight)
+    assert torch.equal(bb.body.stages_3.blocks[2].conv_dw.weight, source.stages[3].blocks[2].conv_dw.weight)
 
 
 def test_weights_through_the_study(tmp_path):
@@ -128,8 +135,9 @@ def test_weights_through_the_study(tmp_path):
 
 def test_missing_weights_file_is_a_clear_error(tmp_path):
     with pytest.raises(BackboneWeightsError, match="weights file not found: .*nope.pth"):
-        build_backbone(spec("convnext_t", "convnext_tiny.fb_in1k", pretrained=True,
-                            weights=str(tmp_path / "nope.pth")))
+        build_backbone(
+            spec("convnext_t", "convnext_tiny.fb_in1k", pretrained=True, weights=str(tmp_path / "nope.pth"))
+        )
 
 
 def test_offline_hub_error_names_model_hub_id_and_local_option(monkeypatch):

@@ -37,8 +37,13 @@ def minimal() -> dict:
         "seeds": [42],
         "scaling": {"workers": 1, "use_gpu": False, "cpus_per_worker": 1},
         "backbones": [
-            {"id": "cnx-sup", "arch": "convnext_t", "timm_name": "convnext_tiny.fb_in1k",
-             "pretraining": "supervised", "pretrained": False},
+            {
+                "id": "cnx-sup",
+                "arch": "convnext_t",
+                "timm_name": "convnext_tiny.fb_in1k",
+                "pretraining": "supervised",
+                "pretrained": False,
+            },
         ],
         "rows": [{"backbone": "cnx-sup", "regime": "frozen"}, {"backbone": "cnx-sup", "regime": "full"}],
         "recipes": {
@@ -46,13 +51,23 @@ def minimal() -> dict:
                 "batch_size": 4,
                 "optimizer": {"name": "adamw", "lr": 1e-4},
                 "schedule": {"name": "multistep", "iterations": 100, "length": "3x"},
-                "input": {"train_short_edge": [64], "train_max_size": 128, "test_short_edge": 64,
-                          "test_max_size": 128},
+                "input": {
+                    "train_short_edge": [64],
+                    "train_max_size": 128,
+                    "test_short_edge": 64,
+                    "test_max_size": 128,
+                },
             }
         },
         "datasets": [
-            {"id": "gdx", "format": "gdxray", "task": "detection", "decoder": "faster_rcnn",
-             "root": "/nonexistent/gdx", "recipe": "r"},
+            {
+                "id": "gdx",
+                "format": "gdxray",
+                "task": "detection",
+                "decoder": "faster_rcnn",
+                "root": "/nonexistent/gdx",
+                "recipe": "r",
+            },
         ],
     }
 
@@ -82,7 +97,10 @@ def test_paper_study_has_the_20_trials_of_table2():
     assert rr.recipe.input.test_short_edge == 800 and sev.recipe.input.test_short_edge == 384
     assert rr.dataset.headline_metric == "val/mIoU_nobg"
     assert {t.backbone.timm_name for t in study.trials} == {
-        "resnet50_gn.a1h_in1k", "convnext_tiny.fb_in1k", "convnext_tiny.dinov3_lvd1689m"}
+        "resnet50_gn.a1h_in1k",
+        "convnext_tiny.fb_in1k",
+        "convnext_tiny.dinov3_lvd1689m",
+    }
 
 
 def test_smoke_study_has_the_same_20_trials():
@@ -124,11 +142,13 @@ def test_unknown_references():
     data["datasets"][0]["task"] = "detecton"
     data["datasets"][0]["recipe"] = "rr"
     msgs = problems(data)
-    assert any(m.startswith("rows[0].backbone: unknown backbone 'cnx-sub' (did you mean 'cnx-sup'?)")
-               for m in msgs)
+    assert any(
+        m.startswith("rows[0].backbone: unknown backbone 'cnx-sub' (did you mean 'cnx-sup'?)") for m in msgs
+    )
     assert "rows[1].regime: expected one of 'frozen', 'full', got 'frozn' (did you mean 'frozen'?)" in msgs
-    assert any(m.startswith("datasets[0].task: expected one of 'semantic', 'detection', 'instance'")
-               for m in msgs)
+    assert any(
+        m.startswith("datasets[0].task: expected one of 'semantic', 'detection', 'instance'") for m in msgs
+    )
     assert any(m.startswith("datasets[0].recipe: unknown recipe 'rr' (did you mean 'r'?)") for m in msgs)
 
 
@@ -137,13 +157,17 @@ def test_unknown_dataset_format_and_decoder_mismatch():
     data["datasets"][0]["format"] = "gdxrya"
     data["datasets"][0]["decoder"] = "mask2former"
     msgs = problems(data)
-    assert any(m.startswith("datasets[0].decoder: decoder 'mask2former' does not serve task 'detection'")
-               for m in msgs)
+    assert any(
+        m.startswith("datasets[0].decoder: decoder 'mask2former' does not serve task 'detection'")
+        for m in msgs
+    )
     from raybench.study.loader import known_formats
 
     if known_formats() is not None:
-        assert any(m.startswith("datasets[0].format: unknown dataset format 'gdxrya' "
-                                "(did you mean 'gdxray'?)") for m in msgs)
+        assert any(
+            m.startswith("datasets[0].format: unknown dataset format 'gdxrya' (did you mean 'gdxray'?)")
+            for m in msgs
+        )
 
 
 def test_types_and_ranges():
@@ -201,8 +225,10 @@ def test_bad_overrides_and_model_options_are_reported():
     msgs = problems(data)
     assert "datasets[0].overrides.schedule.iteratons: unknown key (did you mean 'iterations'?)" in msgs
     assert any(m.endswith("model.anchor_size: unknown key (did you mean 'anchor_sizes'?)") for m in msgs)
-    assert any(m.startswith("recipes.r.by_backbone.convnext_tt: unknown backbone arch (did you mean "
-                            "'convnext_t'?)") for m in msgs)
+    assert any(
+        m.startswith("recipes.r.by_backbone.convnext_tt: unknown backbone arch (did you mean 'convnext_t'?)")
+        for m in msgs
+    )
 
 
 def test_many_errors_reported_together_with_file_and_line(tmp_path):
@@ -240,8 +266,12 @@ def test_trial_names_are_stable():
     data = minimal()
     data["seeds"] = [1, 2]
     names = [t.name for t in parse_study(data, dry_run=True).trials]
-    assert names == ["gdx-convnext_t-supervised-frozen-s1", "gdx-convnext_t-supervised-frozen-s2",
-                     "gdx-convnext_t-supervised-full-s1", "gdx-convnext_t-supervised-full-s2"]
+    assert names == [
+        "gdx-convnext_t-supervised-frozen-s1",
+        "gdx-convnext_t-supervised-frozen-s2",
+        "gdx-convnext_t-supervised-full-s1",
+        "gdx-convnext_t-supervised-full-s2",
+    ]
 
 
 def test_trialspec_round_trip():

@@ -120,17 +120,21 @@ def _check_unique(items: list[str], path: str, what: str, out: Collector) -> Non
         seen.add(item)
 
 
-def _merged_recipe(
-    raw_recipes: Mapping[str, Any], dataset: DatasetSpec, arch: str
-) -> dict[str, Any]:
+def _merged_recipe(raw_recipes: Mapping[str, Any], dataset: DatasetSpec, arch: str) -> dict[str, Any]:
     base = dict(raw_recipes[dataset.recipe])
     by_backbone = base.pop("by_backbone", {}) or {}
     merged = deep_merge(base, by_backbone.get(arch, {}) or {})
     return deep_merge(merged, dataset.overrides)
 
 
-def parse_study(data: Any, source: str = "<study>", *, base_dir: Path | None = None,
-                dry_run: bool = False, lines: Mapping[str, int] | None = None) -> Study:
+def parse_study(
+    data: Any,
+    source: str = "<study>",
+    *,
+    base_dir: Path | None = None,
+    dry_run: bool = False,
+    lines: Mapping[str, int] | None = None,
+) -> Study:
     """Validate plain study data (as loaded from YAML) and expand it into trials."""
     out = Collector(lines)
     base = base_dir or Path.cwd()
@@ -140,12 +144,16 @@ def parse_study(data: Any, source: str = "<study>", *, base_dir: Path | None = N
 
     # Paths: expand env vars and make them absolute relative to the study file.
     # Entries that failed to build are None (already reported); keep indices for paths.
-    datasets_at = [(i, replace(d, root=expand_path(d.root, base)))
-                   for i, d in enumerate(top.datasets or ()) if d is not None]
+    datasets_at = [
+        (i, replace(d, root=expand_path(d.root, base)))
+        for i, d in enumerate(top.datasets or ())
+        if d is not None
+    ]
     datasets = tuple(d for _, d in datasets_at)
     backbones = tuple(
         replace(b, weights=expand_path(b.weights, base) if b.weights else None)
-        for b in (top.backbones or ()) if b is not None
+        for b in (top.backbones or ())
+        if b is not None
     )
     rows = tuple(r for r in (top.rows or ()) if r is not None)
 
@@ -153,8 +161,12 @@ def parse_study(data: Any, source: str = "<study>", *, base_dir: Path | None = N
     _check_unique([b.id for b in backbones], "backbones", "backbone id", out)
     _check_unique([f"{r.backbone}/{r.regime}" for r in rows], "rows", "row", out)
     _check_unique([str(s) for s in top.seeds], "seeds", "seed", out)
-    _check_unique([f"{b.arch}-{b.pretraining}" for b in backbones], "backbones",
-                  "backbone arch+pretraining (trial names would collide):", out)
+    _check_unique(
+        [f"{b.arch}-{b.pretraining}" for b in backbones],
+        "backbones",
+        "backbone arch+pretraining (trial names would collide):",
+        out,
+    )
     if not top.seeds:
         out.add("seeds", "needs at least one seed")
     if not rows:
@@ -166,15 +178,19 @@ def parse_study(data: Any, source: str = "<study>", *, base_dir: Path | None = N
     arches = {b.arch for b in backbones}
     for i, row in enumerate(top.rows or ()):
         if row is not None and row.backbone not in backbone_ids:
-            out.add(join(join("rows", i), "backbone"),
-                    f"unknown backbone {row.backbone!r}{did_you_mean(row.backbone, backbone_ids)}"
-                    f"; known: {sorted(backbone_ids)}")
+            out.add(
+                join(join("rows", i), "backbone"),
+                f"unknown backbone {row.backbone!r}{did_you_mean(row.backbone, backbone_ids)}"
+                f"; known: {sorted(backbone_ids)}",
+            )
     for i, b in enumerate(backbones):
         if b.weights and not dry_run and "://" not in b.weights and not Path(b.weights).is_file():
             out.add(join(join("backbones", i), "weights"), f"weights file not found: {b.weights}")
         if b.weights and not b.pretrained:
-            out.add(join(join("backbones", i), "weights"),
-                    "a weights file is given but pretrained is false; set pretrained: true")
+            out.add(
+                join(join("backbones", i), "weights"),
+                "a weights file is given but pretrained is false; set pretrained: true",
+            )
 
     # Recipes: each base recipe complete; overrides only name keys that exist.
     bad_recipes: set[str] = set()
@@ -188,8 +204,10 @@ def parse_study(data: Any, source: str = "<study>", *, base_dir: Path | None = N
         build(RecipeSpec, raw, path, out)
         for arch, partial in (raw.get("by_backbone") or {}).items():
             if arch not in arches:
-                out.add(join(join(path, "by_backbone"), arch),
-                        f"unknown backbone arch{did_you_mean(arch, arches)}; known: {sorted(arches)}")
+                out.add(
+                    join(join(path, "by_backbone"), arch),
+                    f"unknown backbone arch{did_you_mean(arch, arches)}; known: {sorted(arches)}",
+                )
             build(RecipeSpec, partial, join(join(path, "by_backbone"), arch), out, partial=True)
         if len(out.problems) > before:
             bad_recipes.add(name)
@@ -199,36 +217,52 @@ def parse_study(data: Any, source: str = "<study>", *, base_dir: Path | None = N
         path = join("datasets", i)
         before = len(out.problems)
         if formats is not None and d.format not in formats:
-            out.add(join(path, "format"),
-                    f"unknown dataset format {d.format!r}{did_you_mean(d.format, formats)}; "
-                    f"known: {sorted(formats)}")
+            out.add(
+                join(path, "format"),
+                f"unknown dataset format {d.format!r}{did_you_mean(d.format, formats)}; "
+                f"known: {sorted(formats)}",
+            )
         if d.task in DECODERS and d.decoder not in DECODERS[d.task]:
-            out.add(join(path, "decoder"),
-                    f"decoder {d.decoder!r} does not serve task {d.task!r}; use one of {DECODERS[d.task]}")
+            out.add(
+                join(path, "decoder"),
+                f"decoder {d.decoder!r} does not serve task {d.task!r}; use one of {DECODERS[d.task]}",
+            )
         if d.recipe not in top.recipes:
-            out.add(join(path, "recipe"),
-                    f"unknown recipe {d.recipe!r}{did_you_mean(d.recipe, top.recipes)}; "
-                    f"known: {sorted(top.recipes)}")
+            out.add(
+                join(path, "recipe"),
+                f"unknown recipe {d.recipe!r}{did_you_mean(d.recipe, top.recipes)}; "
+                f"known: {sorted(top.recipes)}",
+            )
         if d.metric is not None and not d.metric.startswith("val/"):
             out.add(join(path, "metric"), f"headline metric must be a val/ metric, got {d.metric!r}")
         build(RecipeSpec, d.overrides, join(path, "overrides"), out, partial=True)
         model_override = d.overrides.get("model") if isinstance(d.overrides, Mapping) else None
         if d.decoder in MODEL_OPTIONS and isinstance(model_override, Mapping):
-            build(MODEL_OPTIONS[d.decoder], model_override, join(join(path, "overrides"), "model"),
-                  out, partial=True)
+            build(
+                MODEL_OPTIONS[d.decoder],
+                model_override,
+                join(join(path, "overrides"), "model"),
+                out,
+                partial=True,
+            )
         if len(out.problems) > before:
             bad_recipes.add(f"dataset:{d.id}")
         if not dry_run and d.synthetic is None and "://" not in d.root and not Path(d.root).exists():
-            out.add(join(path, "root"),
-                    f"dataset root not found: {d.root} (see `raybench data fetch {d.format} DIR`; "
-                    "use --dry-run to validate without data)")
+            out.add(
+                join(path, "root"),
+                f"dataset root not found: {d.root} (see `raybench data fetch {d.format} DIR`; "
+                "use --dry-run to validate without data)",
+            )
 
     # Expand: rows x datasets x seeds, recipe merged per (dataset, backbone arch).
     trials: list[TrialSpec] = []
     recipe_cache: dict[tuple[str, str], RecipeSpec | None] = {}
     for d_i, d in datasets_at:
-        if d.recipe in bad_recipes or f"dataset:{d.id}" in bad_recipes \
-                or not isinstance(top.recipes.get(d.recipe), Mapping):
+        if (
+            d.recipe in bad_recipes
+            or f"dataset:{d.id}" in bad_recipes
+            or not isinstance(top.recipes.get(d.recipe), Mapping)
+        ):
             continue  # already reported
         for row in rows:
             if row.backbone not in backbone_ids:
@@ -242,27 +276,47 @@ def parse_study(data: Any, source: str = "<study>", *, base_dir: Path | None = N
                 if recipe is not None and d.decoder in MODEL_OPTIONS:
                     build(MODEL_OPTIONS[d.decoder], recipe.model, join(path, "model"), out)
                     if recipe.batch_size % top.scaling.workers:
-                        out.add(join(path, "batch_size"),
-                                f"global batch {recipe.batch_size} is not divisible by "
-                                f"scaling.workers={top.scaling.workers}")
+                        out.add(
+                            join(path, "batch_size"),
+                            f"global batch {recipe.batch_size} is not divisible by "
+                            f"scaling.workers={top.scaling.workers}",
+                        )
                     recipe = replace(recipe, by_backbone={})
                 recipe_cache[key] = recipe
             recipe = recipe_cache[key]
             if recipe is None:
                 continue
             for seed in top.seeds:
-                trials.append(TrialSpec(study=top.name, dataset=d, backbone=b, regime=row.regime,
-                                        seed=seed, recipe=recipe, scaling=top.scaling))
+                trials.append(
+                    TrialSpec(
+                        study=top.name,
+                        dataset=d,
+                        backbone=b,
+                        regime=row.regime,
+                        seed=seed,
+                        recipe=recipe,
+                        scaling=top.scaling,
+                    )
+                )
     _check_unique([t.name for t in trials], "trials", "trial name", out)
     if out.problems:
         # Deduplicate: the same merged-recipe problem would repeat for every backbone.
         seen: set[tuple[str, str]] = set()
-        unique = [p for p in out.problems
-                  if (p.path, p.message) not in seen and not seen.add((p.path, p.message))]
+        unique = [
+            p for p in out.problems if (p.path, p.message) not in seen and not seen.add((p.path, p.message))
+        ]
         raise StudyError(unique, source)
-    return Study(name=top.name, source=source, description=top.description, datasets=datasets,
-                 backbones=backbones, rows=rows, seeds=top.seeds, scaling=top.scaling,
-                 trials=tuple(trials))
+    return Study(
+        name=top.name,
+        source=source,
+        description=top.description,
+        datasets=datasets,
+        backbones=backbones,
+        rows=rows,
+        seeds=top.seeds,
+        scaling=top.scaling,
+        trials=tuple(trials),
+    )
 
 
 def load_study(path: str | os.PathLike[str], *, dry_run: bool = False) -> Study:
@@ -277,8 +331,7 @@ def load_study(path: str | os.PathLike[str], *, dry_run: bool = False) -> Study:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark else None
         raise StudyError([Problem("", f"invalid YAML: {exc}", line)], str(p)) from None
-    return parse_study(data, str(p), base_dir=p.parent.resolve(), dry_run=dry_run,
-                       lines=yaml_line_map(text))
+    return parse_study(data, str(p), base_dir=p.parent.resolve(), dry_run=dry_run, lines=yaml_line_map(text))
 
 
 __all__ = ["Study", "StudyError", "load_study", "parse_study", "REGIMES"]

@@ -216,8 +216,9 @@ def build(cls: type, data: Any, path: str, out: Collector, *, partial: bool = Fa
             out.add(sub, "required key is missing")
     if partial:
         return kwargs
-    missing = any(n not in kwargs and f.default is MISSING and f.default_factory is MISSING
-                  for n, f in fields.items())
+    missing = any(
+        n not in kwargs and f.default is MISSING and f.default_factory is MISSING for n, f in fields.items()
+    )
     if missing or (len(out.problems) > before and hasattr(cls, "__post_init__")):
         return None  # post-init checks on invalid parts would only add confusing messages
     try:

@@ -270,8 +270,9 @@ class TrialSpec:
 
     @property
     def name(self) -> str:
-        return trial_name(self.dataset.id, self.backbone.arch, self.backbone.pretraining,
-                          self.regime, self.seed)
+        return trial_name(
+            self.dataset.id, self.backbone.arch, self.backbone.pretraining, self.regime, self.seed
+        )
 
     @property
     def task(self) -> str:

@@ -1,0 +1,71 @@
+"""W&B tracking: offline without a key, stable ids, never fails a trial."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from raybench.tracking import WandbTracker, find_offline_runs, read_offline_run, run_id
+
+
+def make(tmp_path, trial="gdxray-convnext_t-dinov3-frozen-s42", **kw):
+    return WandbTracker(
+        trial=trial,
+        experiment="smoke",
+        group="smoke",
+        job_type="gdxray",
+        tags=["convnext_t", "dinov3", "frozen"],
+        config={"trial": trial, "recipe": {"lr": 1e-4}},
+        run_dir=tmp_path,
+        **kw,
+    )
+
+
+def test_offline_run_has_config_history_and_grouping(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    t = make(tmp_path)
+    t.start()
+    assert "W&B offline" in capsys.readouterr().out
+    for i in (1, 2, 3):
+        t.log({"train/loss": 1.0 / i, "lr": 0.1}, step=i)
+    t.finish()
+    runs = find_offline_runs(tmp_path)
+    assert len(runs) == 1
+    data = read_offline_run(runs[0])
+    assert data["run"]["id"] == run_id("smoke", t.trial) and data["run"]["name"] == t.trial
+    assert data["run"]["group"] == "smoke" and data["run"]["job_type"] == "gdxray"
+    assert data["run"]["tags"] == ["convnext_t", "dinov3", "frozen"]
+    assert data["config"]["recipe"] == {"lr": 1e-4}
+    assert [h["train/loss"] for h in data["history"]] == pytest.approx([1.0, 0.5, 1 / 3])
+    assert [h["_step"] for h in data["history"]] == [1, 2, 3]
+
+
+def test_run_id_is_stable_and_distinct():
+    assert run_id("smoke", "a") == run_id("smoke", "a")
+    assert run_id("smoke", "a") != run_id("smoke", "b") != run_id("other", "a")
+
+
+def test_wandb_failures_never_fail_the_trial(tmp_path, monkeypatch, caplog):
+    import wandb
+
+    def boom(*a, **k):
+        raise ConnectionError("api.wandb.ai unreachable")
+
+    monkeypatch.setattr(wandb, "init", boom)
+    t = make(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="raybench.tracking"):
+        t.start()
+        t.log({"x": 1.0}, step=1)
+        t.finish()
+    assert "W&B init failed" in caplog.text and "training continues" in caplog.text
+
+
+def test_disabled_mode_writes_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    t = make(tmp_path)
+    t.start()
+    t.log({"x": 1.0}, step=1)
+    t.finish()
+    assert find_offline_runs(tmp_path) == []
