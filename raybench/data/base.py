@@ -27,11 +27,6 @@ IGNORE_INDEX = 255
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 try:  # torchvision's decoders are ~1.5x faster than PIL's but deprecated from 0.29 on.
-    warnings.filterwarnings(
-        "ignore",
-        message="The image decoding and encoding capabilities of TorchVision",
-        category=DeprecationWarning,
-    )
     from torchvision.io import ImageReadMode
     from torchvision.io import decode_image as _tv_decode
 except ImportError:  # pragma: no cover - future torchvision without decoders
@@ -66,17 +61,22 @@ def read_image(path: Path) -> torch.Tensor:
         raise DatasetFormatError(f"cannot decode image {path}: file is empty")
     if _tv_decode is not None:
         try:
-            return _tv_decode(torch.from_numpy(data), mode=ImageReadMode.RGB)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                out = _tv_decode(torch.from_numpy(data), mode=ImageReadMode.RGB)
+            if out.dtype != torch.uint8:  # 16-bit PNG: full 16-bit range -> 8 bit
+                out = (out.to(torch.float32) / 257.0).round().to(torch.uint8)
+            return out
         except RuntimeError:
             pass  # BMP/TIFF/16-bit or corrupt: let PIL decide
     try:
         with Image.open(path) as im:
             if im.mode in ("I;16", "I;16B", "I"):
                 arr = np.asarray(im, dtype=np.float32)
-                arr = (arr * (255.0 / max(float(arr.max()), 1.0))).astype(np.uint8)
+                arr = np.round(arr / 257.0).clip(0, 255).astype(np.uint8)
                 arr = np.repeat(arr[..., None], 3, axis=2)
             else:
-                arr = np.asarray(im.convert("RGB"))
+                arr = np.array(im.convert("RGB"))
     except Exception as exc:  # PIL raises many types for corrupt data
         raise DatasetFormatError(f"cannot decode image {path}: {exc}") from None
     return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).contiguous()
@@ -86,23 +86,25 @@ def read_mask(path: Path) -> np.ndarray:
     """Decode a single-channel mask (palette indices kept) to ``uint8 [H, W]``."""
     try:
         with Image.open(path) as im:
-            if im.mode in ("L", "P", "1"):
-                arr = np.asarray(im, dtype=np.uint8)
+            if im.mode in ("L", "P"):
+                arr = np.array(im, dtype=np.uint8)
+            elif im.mode == "1":  # bilevel: on = 255, like the grayscale it stands for
+                arr = np.array(im, dtype=np.uint8) * np.uint8(255)
             elif im.mode in ("I;16", "I", "I;16B"):
                 arr = np.asarray(im).astype(np.int64)
                 if arr.max() > 255:
-                    raise DatasetFormatError(
-                        f"mask {path}: values up to {arr.max()} do not fit 0..255"
-                    )
+                    raise DatasetFormatError(f"mask {path}: values up to {arr.max()} do not fit 0..255")
                 arr = arr.astype(np.uint8)
             else:  # RGB(A) masks: accept only if grey (all channels equal)
                 rgb = np.asarray(im.convert("RGB"))
-                if not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])):
+                if not (
+                    np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])
+                ):
                     raise DatasetFormatError(
                         f"mask {path}: expected a single-channel (grayscale or palette) image, "
                         f"got colour mode {im.mode}"
                     )
-                arr = rgb[..., 0]
+                arr = rgb[..., 0].copy()
     except DatasetFormatError:
         raise
     except Exception as exc:
@@ -177,9 +179,7 @@ def stratified_split(
     return train, val
 
 
-def clip_boxes(
-    boxes: np.ndarray, width: int, height: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def clip_boxes(boxes: np.ndarray, width: int, height: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Clip xyxy ``boxes`` to the image; returns (clipped, was_outside, keep (non-degenerate))."""
     boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
     clipped = boxes.copy()
@@ -213,7 +213,7 @@ class InspectionDataset(Dataset):
         root: Path,
         split: str,
         transforms: Callable[[torch.Tensor, dict], tuple[torch.Tensor, dict]] | None = None,
-        skip_unreadable: bool = False,
+        skip_unreadable: bool = True,
     ) -> None:
         self.root = Path(root)
         self.split = split
@@ -237,13 +237,24 @@ class InspectionDataset(Dataset):
             warnings.warn(
                 f"{self.name} {self.split}: {self.stats[kind]} x {kind.replace('_', ' ')} "
                 f"(e.g. {examples[0]}); run `raybench data check {self.name} ROOT` for a report",
-                stacklevel=3,
+                stacklevel=4,
             )
         if not self._infos:
             raise DatasetFormatError(
                 f"{self.name}: split {self.split!r} under {self.root} is empty (0 images); "
                 "check the root folder, the split options and the annotation files"
             )
+
+    def header_size(self, path: Path) -> tuple[int, int] | None:
+        """``(width, height)`` of ``path`` from its header; None (noted) if unreadable and
+        ``skip_unreadable``, else :class:`DatasetFormatError`."""
+        try:
+            return image_size(path)
+        except DatasetFormatError as exc:
+            if not self.skip_unreadable:
+                raise
+            self.note("unreadable_images", str(exc))
+            return None
 
     # --- cheap listing ------------------------------------------------------------------
     def __len__(self) -> int:

@@ -18,7 +18,6 @@ from raybench.data.base import (
     IMAGE_SUFFIXES,
     ImageInfo,
     InspectionDataset,
-    image_size,
     list_images,
     read_mask,
     stratified_split,
@@ -60,7 +59,7 @@ class RubberRingsDataset(InspectionDataset):
         "split_seed": 42,
         "mask_threshold": 30,
         "include_good": False,
-        "skip_unreadable": False,
+        "skip_unreadable": True,
     }
     task = "semantic"
     num_classes = len(CLASS_NAMES)
@@ -75,7 +74,7 @@ class RubberRingsDataset(InspectionDataset):
         split_seed: int = 42,
         mask_threshold: int = 30,
         include_good: bool = False,
-        skip_unreadable: bool = False,
+        skip_unreadable: bool = True,
     ) -> None:
         super().__init__(root, split, transforms, skip_unreadable)
         self.class_names = list(CLASS_NAMES)
@@ -120,8 +119,10 @@ class RubberRingsDataset(InspectionDataset):
         self._classes: list[int] = []
         for key in sorted(train if split == "train" else val):
             image, mask, cls_id = entries[key]
-            w, h = image_size(image)
-            self._infos.append(ImageInfo(image, w, h, len(self._infos)))
+            size = self.header_size(image)
+            if size is None:
+                continue
+            self._infos.append(ImageInfo(image, *size, len(self._infos)))
             self._masks.append(mask)
             self._classes.append(cls_id)
         self.finish_index()
@@ -136,5 +137,10 @@ class RubberRingsDataset(InspectionDataset):
             h, w = size if size is not None else (info.height, info.width)
             return {"sem_seg": torch.zeros((h, w), dtype=torch.int64)}
         mask = read_mask(mask_path)
+        if size is not None and mask.shape != tuple(size):
+            raise DatasetFormatError(
+                f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but image "
+                f"{info.path.name} is {size[1]}x{size[0]}"
+            )
         sem = np.where(mask > self.mask_threshold, np.uint8(self._classes[i]), np.uint8(0))
         return {"sem_seg": torch.from_numpy(sem).to(torch.int64)}

@@ -18,7 +18,6 @@ from raybench.data.base import (
     IGNORE_INDEX,
     ImageInfo,
     InspectionDataset,
-    image_size,
     list_images,
     random_split,
 )
@@ -59,8 +58,7 @@ def parse_rle(rle: str) -> tuple[np.ndarray, np.ndarray]:
         if clash.size:
             k = int(clash[0])
             raise DatasetFormatError(
-                f"RLE runs overlap: run at {int(s[k])} (length {int(e[k] - s[k])}) and run at "
-                f"{int(s[k + 1])}"
+                f"RLE runs overlap: run at {int(s[k])} (length {int(e[k] - s[k])}) and run at {int(s[k + 1])}"
             )
     return starts, lengths
 
@@ -148,8 +146,7 @@ def read_severstal_csv(path: Path) -> tuple[str, dict[str, list[tuple[int, str, 
                 cls = -1
             if not 1 <= cls <= NUM_CLASSES:
                 raise DatasetFormatError(
-                    f"{path} line {line}: ClassId {cls_text!r} for image {image!r} is not in "
-                    f"1..{NUM_CLASSES}"
+                    f"{path} line {line}: ClassId {cls_text!r} for image {image!r} is not in 1..{NUM_CLASSES}"
                 )
             entries = rows.setdefault(image, [])
             rle = row[i_rle].strip()
@@ -173,7 +170,7 @@ class SeverstalDataset(InspectionDataset):
         "val_fraction": 0.2,
         "split_seed": 42,
         "overlap": "last",
-        "skip_unreadable": False,
+        "skip_unreadable": True,
     }
     task = "semantic"
     num_classes = NUM_CLASSES
@@ -191,7 +188,7 @@ class SeverstalDataset(InspectionDataset):
         val_fraction: float = 0.2,
         split_seed: int = 42,
         overlap: str = "last",
-        skip_unreadable: bool = False,
+        skip_unreadable: bool = True,
     ) -> None:
         super().__init__(root, split, transforms, skip_unreadable)
         if overlap not in ("last", "ignore"):
@@ -227,8 +224,10 @@ class SeverstalDataset(InspectionDataset):
                     ) from None
                 runs.append((cls, starts, lengths, line))
             runs.sort(key=lambda r: r[0])
-            w, h = image_size(path)
-            self._infos.append(ImageInfo(path, w, h, len(self._infos)))
+            size = self.header_size(path)
+            if size is None:
+                continue
+            self._infos.append(ImageInfo(path, *size, len(self._infos)))
             self._runs.append(runs)
         self.finish_index()
 
@@ -246,8 +245,7 @@ class SeverstalDataset(InspectionDataset):
                 idx = runs_to_index(starts, lengths, h * w)
             except DatasetFormatError as exc:
                 raise DatasetFormatError(
-                    f"{self.csv_path} line {line} (image {info.file_name}, class {cls}, "
-                    f"image {w}x{h}): {exc}"
+                    f"{self.csv_path} line {line} (image {info.file_name}, class {cls}, image {w}x{h}): {exc}"
                 ) from None
             if seen is not None:
                 clashes.append(idx[seen[idx]])
