@@ -1,0 +1,54 @@
+"""``raybench run STUDY``: the whole study on Ray (same as experiments/run_grid.py)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--storage", default="runs",
+                   help="experiment storage: a local folder or s3:// / gs:// URI (default: runs)")
+    p.add_argument("--experiment", help="experiment name (default: the study's name)")
+    p.add_argument("--resume", action="store_true",
+                   help="restore the experiment: unfinished and errored trials continue from "
+                        "their last checkpoint; finished trials are not re-run")
+    p.add_argument("--restart-errored", action="store_true",
+                   help="with --resume: start errored trials from scratch instead")
+    p.add_argument("--only", help="glob pattern(s) over trial names, comma-separated")
+    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, a running "
+                                     "cluster, else a local Ray)")
+    p.add_argument("--num-cpus", type=int, help="CPUs of a local Ray (default: all)")
+    p.add_argument("--driver-cpus", type=float, default=1.0,
+                   help="CPUs reserved for each trial's driver (default 1)")
+    p.add_argument("--no-report", action="store_true", help="skip the report at the end")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from raybench.study import load_study
+    from raybench.sweep.runner import SweepOptions, run_study
+
+    study = load_study(args.study)
+    options = SweepOptions(storage=args.storage, experiment=args.experiment, resume=args.resume,
+                           restart_errored=args.restart_errored, only=args.only,
+                           address=args.address, num_cpus=args.num_cpus,
+                           driver_cpus=args.driver_cpus)
+    summary = run_study(study, options)
+    if not args.no_report:
+        from raybench.results.report import build_report
+        from raybench.sweep.layout import ExperimentLayout
+
+        layout = ExperimentLayout.create(options.storage, options.experiment or study.name)
+        out = Path("results") / layout.name if "://" in layout.root else Path(layout.root) / "report"
+        result = build_report(layout.root, out, study=study)
+        print(f"[raybench] report: {getattr(result, 'markdown', out)}")
+    return 1 if any(s["error"] for s in summary.values()) else 0
+
+
+def add_run_command(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="run a study's trials on Ray (Tune + Train), then report",
+                       description="Run every trial of STUDY as a Ray Train job in a Ray Tune "
+                                   "sweep; resumable; W&B + Parquet tracking.")
+    p.add_argument("study", help="study YAML file")
+    add_sweep_arguments(p)
+    p.set_defaults(func=cmd_run)

@@ -1,0 +1,60 @@
+"""Where an experiment's files live (local folder or ``s3://`` / ``gs://`` URI).
+
+```
+<storage>/<experiment>/              Ray Tune experiment (Tuner state, one folder per Tune trial)
+<storage>/<experiment>/train/<trial> Ray Train run of that trial: its checkpoints
+<storage>/<experiment>/trials/<trial> raybench's own record: status.json, results/*.parquet
+```
+
+The Train run name is the trial name (no timestamp), so a retried, restored or re-launched
+trial finds its own last checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def is_uri(path: str) -> bool:
+    return "://" in path
+
+
+def join_uri(base: str, *parts: str) -> str:
+    if is_uri(base):
+        return "/".join([base.rstrip("/"), *parts])
+    return str(Path(base, *parts))
+
+
+@dataclass(frozen=True)
+class ExperimentLayout:
+    """Paths of one experiment; pure strings so they travel to Ray workers."""
+
+    storage: str
+    name: str
+
+    @classmethod
+    def create(cls, storage: str | os.PathLike[str], name: str) -> ExperimentLayout:
+        storage = str(storage)
+        if not is_uri(storage):
+            storage = str(Path(storage).expanduser().resolve())
+        return cls(storage=storage, name=name)
+
+    @property
+    def root(self) -> str:
+        return join_uri(self.storage, self.name)
+
+    @property
+    def train_storage(self) -> str:
+        return join_uri(self.root, "train")
+
+    def trial_dir(self, trial: str) -> str:
+        return join_uri(self.root, "trials", trial)
+
+    def wandb_dir(self, trial: str) -> str:
+        """W&B writes local files: next to the trial when local, else a local cache."""
+        if not is_uri(self.storage):
+            return str(Path(self.root, "wandb", trial))
+        cache = os.environ.get("RAYBENCH_WANDB_DIR", "~/.cache/raybench/wandb")
+        return str(Path(cache).expanduser() / self.name / trial)

@@ -1,0 +1,169 @@
+"""The two functions Ray runs for a trial.
+
+- :func:`run_trial` is the Ray Tune *function trainable* (the trial's driver, 1 CPU by
+  default): it builds a ``TorchTrainer`` for its trial and waits for it.
+- :func:`train_worker` is the Ray Train *worker function*: it runs raybench's engine loop
+  (the same loop ``raybench train`` runs without Ray) and reports through Ray.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from raybench.study import TrialSpec
+from raybench.sweep.layout import ExperimentLayout
+
+# Keys of the Tune config / Train loop config (plain JSON-able values only).
+TRIAL_KEY = "trial"
+
+
+class RayReporter:
+    """Engine reporter for a Ray Train worker: every rank reports (Train V2 expects all
+    ranks to call ``ray.train.report``); rank 0 also logs to W&B and the Parquet store."""
+
+    def __init__(self, trial: TrialSpec, layout: ExperimentLayout, rank: int):
+        from raybench.results.store import ResultsWriter
+        from raybench.tracking import WandbTracker
+
+        self.trial = trial
+        self.rank = rank
+        self.t0 = time.time()
+        self.results = None
+        self.tracker = None
+        if rank == 0:
+            axes = trial.axes() | {"metric_name": trial.dataset.headline_metric}
+            s = trial.scaling
+            resources = {"workers": s.workers, "gpus_per_worker": s.gpus_per_worker if s.use_gpu else 0.0,
+                         "cpus_per_worker": s.cpus_per_worker}
+            self.results = ResultsWriter(layout.trial_dir(trial.name), trial.axes(), resources)
+            self.tracker = WandbTracker(
+                trial=trial.name, experiment=layout.name, group=trial.study,
+                job_type=trial.dataset.id,
+                tags=[trial.backbone.arch, trial.backbone.pretraining, trial.regime],
+                config=trial.to_dict() | {"trial_name": trial.name, "axes": axes},
+                run_dir=layout.wandb_dir(trial.name),
+            )
+            self.tracker.start()
+
+    def report(self, metrics: dict[str, float], checkpoint: Path | None = None) -> None:
+        import ray.train
+
+        step = int(metrics.get("iter", 0))
+        if self.rank == 0:
+            if self.results is not None:
+                self.results.append(step, float(metrics.get("epoch", 0.0)), metrics, time.time() - self.t0)
+                self.results.flush()
+            if self.tracker is not None:
+                self.tracker.log(metrics, step=step)
+        ckpt = ray.train.Checkpoint.from_directory(str(checkpoint)) if checkpoint else None
+        ray.train.report(dict(metrics), checkpoint=ckpt)
+
+    def close(self, ok: bool) -> None:
+        if self.tracker is not None:
+            self.tracker.finish(exit_code=0 if ok else 1)
+
+
+def train_worker(config: dict[str, Any]) -> None:
+    """Ray Train worker function: resume from Ray's checkpoint if any, run the engine."""
+    import tempfile
+
+    import ray.train
+    import torch
+
+    from raybench.engine import train
+    from raybench.results.store import write_status
+
+    trial = TrialSpec.from_json(config[TRIAL_KEY])
+    layout = ExperimentLayout(**config["layout"])
+    ctx = ray.train.get_context()
+    rank = ctx.get_world_rank()
+    if not trial.scaling.use_gpu:
+        torch.set_num_threads(max(1, int(trial.scaling.cpus_per_worker)))
+    reporter = RayReporter(trial, layout, rank)
+    if rank == 0:
+        write_status(layout.trial_dir(trial.name), "running", extra={"metric": trial.dataset.headline_metric})
+    ok = False
+    try:
+        with tempfile.TemporaryDirectory(prefix=f"raybench-{trial.name}-") as work:
+            checkpoint = ray.train.get_checkpoint()
+            if checkpoint is not None:
+                with checkpoint.as_directory() as resume_dir:
+                    final = train(trial, Path(work), reporter=reporter, resume_from=Path(resume_dir))
+            else:
+                final = train(trial, Path(work), reporter=reporter, resume_from=None)
+        ok = True
+    except BaseException as exc:
+        if rank == 0:
+            write_status(layout.trial_dir(trial.name), "failed", f"{type(exc).__name__}: {exc}",
+                         extra={"metric": trial.dataset.headline_metric})
+        raise
+    finally:
+        reporter.close(ok)
+    if rank == 0:
+        write_status(layout.trial_dir(trial.name), "finished",
+                     extra={"metric": trial.dataset.headline_metric, "final": _jsonable(final)})
+
+
+def _jsonable(metrics: Any) -> dict[str, float]:
+    if not isinstance(metrics, dict):
+        return {}
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+
+
+def run_trial(config: dict[str, Any], specs: dict[str, str], settings: dict[str, Any]) -> None:
+    """Ray Tune function trainable: one TorchTrainer per trial, named after the trial."""
+    import ray.train
+    from ray import tune
+    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from raybench.results.store import read_status_of
+
+    name = config[TRIAL_KEY]
+    trial = TrialSpec.from_json(specs[name])
+    layout = ExperimentLayout(**settings["layout"])
+    status = read_status_of(layout.trial_dir(name))
+    if status and status.get("state") == "finished":
+        # A finished trial is never trained again (e.g. its driver died after the last report).
+        print(f"[raybench] {name}: already finished, not re-training")
+        tune.report(dict(status.get("final", {})) | {"already_finished": 1.0})
+        return
+    s = trial.scaling
+    per_worker = {"CPU": float(s.cpus_per_worker)}
+    if s.use_gpu:
+        per_worker["GPU"] = float(s.gpus_per_worker)
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config={TRIAL_KEY: trial.to_json(), "layout": settings["layout"]},
+        torch_config=TorchConfig(backend="nccl" if s.use_gpu else "gloo"),
+        scaling_config=ray.train.ScalingConfig(num_workers=s.workers, use_gpu=s.use_gpu,
+                                               resources_per_worker=per_worker),
+        run_config=ray.train.RunConfig(
+            name=name,
+            storage_path=layout.train_storage,
+            failure_config=ray.train.FailureConfig(max_failures=int(settings.get("worker_retries", 2))),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            callbacks=[TuneReportCallback()],
+            worker_runtime_env={"env_vars": _forwarded_env()},
+        ),
+    )
+    trainer.fit()
+
+
+def _forwarded_env() -> dict[str, str]:
+    """Environment the workers need (W&B mode/key, offline hubs) — from the driver's env."""
+    keys = ("WANDB_MODE", "WANDB_API_KEY", "WANDB_PROJECT", "WANDB_ENTITY", "HF_HUB_OFFLINE",
+            "RAYBENCH_WANDB_DIR", "RAYBENCH_FAULT_INJECT", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
+    return {k: os.environ[k] for k in keys if k in os.environ}
+
+
+def dumps_specs(trials: list[TrialSpec]) -> dict[str, str]:
+    return {t.name: t.to_json() for t in trials}
+
+
+__all__ = ["RayReporter", "dumps_specs", "run_trial", "train_worker", "json"]
