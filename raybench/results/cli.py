@@ -1,0 +1,55 @@
+"""``raybench report EXPERIMENT``: Table 2 vs the paper, learning curves, cost."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def default_out(experiment: str) -> Path:
+    """``<experiment>/report`` for a local folder, ``results/<name>`` for a URI."""
+    if "://" in experiment:
+        return Path("results") / experiment.rstrip("/").rsplit("/", 1)[-1]
+    return Path(experiment) / "report"
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from raybench.results.report import build_report
+
+    study = None
+    if args.study:
+        from raybench.study import load_study
+
+        study = load_study(args.study, dry_run=True)  # the report needs no data
+    out = Path(args.out) if args.out else default_out(args.experiment)
+    result = build_report(
+        args.experiment,
+        out,
+        study=study,
+        paper_csv=Path(args.paper) if args.paper else None,
+        wandb=False if args.no_wandb else None,
+        wandb_project=args.wandb_project,
+        wandb_entity=args.wandb_entity,
+    )
+    counts = ", ".join(f"{n} {s}" for s, n in sorted(result.counts.items())) or "no trials"
+    print(f"[raybench] report for study {result.study!r} ({counts}): {result.markdown}")
+    return 0
+
+
+def add_report_command(sub: argparse._SubParsersAction) -> None:
+    """Register ``raybench report`` on the main CLI."""
+    p = sub.add_parser(
+        "report",
+        help="Table 2 next to the paper, learning curves and cost of an experiment",
+        description="Read every trial's Parquet results and status below EXPERIMENT (a folder "
+        "or s3:// / gs:// URI) and write report.md, table2.csv, paired_deltas.csv, cost.csv and "
+        "curves_<dataset>.png; with WANDB_API_KEY also a W&B Report.",
+    )
+    p.add_argument("experiment", help="experiment folder or URI (e.g. runs/smoke, s3://bucket/runs/paper)")
+    p.add_argument("--out", help="output folder (default: EXPERIMENT/report, or results/<name> for a URI)")
+    p.add_argument("--study", help="study YAML: never-started trials then show as missing")
+    p.add_argument("--paper", help="paper numbers CSV (default: the packaged paper_table2.csv)")
+    p.add_argument("--no-wandb", action="store_true", help="do not build a W&B Report")
+    p.add_argument("--wandb-project", help="W&B project of the runs (default: WANDB_PROJECT or raybench)")
+    p.add_argument("--wandb-entity", help="W&B entity (default: WANDB_ENTITY or your default entity)")
+    p.set_defaults(func=cmd_report)
