@@ -20,8 +20,11 @@ from raybench.sweep.cli import add_sweep_arguments  # noqa: E402
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--study", default=str(Path(__file__).with_name("smoke.yaml")),
-                        help="study YAML (default: experiments/smoke.yaml)")
+    parser.add_argument(
+        "--study",
+        default=str(Path(__file__).with_name("smoke.yaml")),
+        help="study YAML (default: experiments/smoke.yaml)",
+    )
     add_sweep_arguments(parser)
     args, _ = parser.parse_known_args(argv)
     forwarded = ["run", args.study] + (argv if argv is not None else sys.argv[1:])

@@ -7,20 +7,40 @@ from pathlib import Path
 
 
 def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--storage", default="runs",
-                   help="experiment storage: a local folder or s3:// / gs:// URI (default: runs)")
+    p.add_argument(
+        "--storage",
+        default="runs",
+        help="experiment storage: a local folder or s3:// / gs:// URI (default: runs)",
+    )
     p.add_argument("--experiment", help="experiment name (default: the study's name)")
-    p.add_argument("--resume", action="store_true",
-                   help="restore the experiment: unfinished and errored trials continue from "
-                        "their last checkpoint; finished trials are not re-run")
-    p.add_argument("--restart-errored", action="store_true",
-                   help="with --resume: start errored trials from scratch instead")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="restore the experiment: unfinished and errored trials continue from "
+        "their last checkpoint; finished trials are not re-run",
+    )
+    p.add_argument(
+        "--restart-errored",
+        action="store_true",
+        help="with --resume: start errored trials from scratch instead",
+    )
     p.add_argument("--only", help="glob pattern(s) over trial names, comma-separated")
-    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, a running "
-                                     "cluster, else a local Ray)")
+    p.add_argument(
+        "--address", help="Ray cluster address (default: RAY_ADDRESS, a running cluster, else a local Ray)"
+    )
     p.add_argument("--num-cpus", type=int, help="CPUs of a local Ray (default: all)")
-    p.add_argument("--driver-cpus", type=float, default=1.0,
-                   help="CPUs reserved for each trial's driver (default 1)")
+    p.add_argument(
+        "--driver-cpus", type=float, default=1.0, help="CPUs reserved for each trial's driver (default 1)"
+    )
+    p.add_argument(
+        "--worker-retries",
+        type=int,
+        default=2,
+        help="restarts of a trial's train workers from its last checkpoint (default 2)",
+    )
+    p.add_argument(
+        "--trial-retries", type=int, default=1, help="Tune-level retries of a failed trial (default 1)"
+    )
     p.add_argument("--no-report", action="store_true", help="skip the report at the end")
 
 
@@ -29,10 +49,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     from raybench.sweep.runner import SweepOptions, run_study
 
     study = load_study(args.study)
-    options = SweepOptions(storage=args.storage, experiment=args.experiment, resume=args.resume,
-                           restart_errored=args.restart_errored, only=args.only,
-                           address=args.address, num_cpus=args.num_cpus,
-                           driver_cpus=args.driver_cpus)
+    options = SweepOptions(
+        storage=args.storage,
+        experiment=args.experiment,
+        resume=args.resume,
+        restart_errored=args.restart_errored,
+        only=args.only,
+        address=args.address,
+        num_cpus=args.num_cpus,
+        driver_cpus=args.driver_cpus,
+        worker_retries=args.worker_retries,
+        trial_retries=args.trial_retries,
+    )
     summary = run_study(study, options)
     if not args.no_report:
         from raybench.results.report import build_report
@@ -46,9 +74,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def add_run_command(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("run", help="run a study's trials on Ray (Tune + Train), then report",
-                       description="Run every trial of STUDY as a Ray Train job in a Ray Tune "
-                                   "sweep; resumable; W&B + Parquet tracking.")
+    p = sub.add_parser(
+        "run",
+        help="run a study's trials on Ray (Tune + Train), then report",
+        description="Run every trial of STUDY as a Ray Train job in a Ray Tune "
+        "sweep; resumable; W&B + Parquet tracking.",
+    )
     p.add_argument("study", help="study YAML file")
     add_sweep_arguments(p)
     p.set_defaults(func=cmd_run)

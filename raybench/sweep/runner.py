@@ -15,7 +15,7 @@ from typing import Any
 
 from raybench.study import Study, TrialSpec
 from raybench.sweep.layout import ExperimentLayout, is_uri
-from raybench.sweep.trainable import TRIAL_KEY, dumps_specs, run_trial
+from raybench.sweep.trainable import TRIAL_KEY, dumps_specs, forwarded_env, run_trial
 
 
 @dataclass(frozen=True)
@@ -47,11 +47,12 @@ def connect(options: SweepOptions) -> None:
     if address:
         ray.init(address=address)
         return
-    try:
-        ray.init(address="auto")  # a cluster started with `ray start` / `ray up` on this node
-        return
-    except (ConnectionError, RuntimeError, ValueError):
-        pass
+    if options.num_cpus is None:  # an explicit --num-cpus means "a local Ray of that size"
+        try:
+            ray.init(address="auto")  # a cluster started with `ray start` / `ray up` on this node
+            return
+        except (ConnectionError, RuntimeError, ValueError):
+            pass
     # Local Ray: the dashboard stays off (nothing listens beyond localhost by default).
     ray.init(num_cpus=options.num_cpus, include_dashboard=False, configure_logging=False)
 
@@ -94,8 +95,7 @@ def prepare_synthetic(trials: list[TrialSpec]) -> None:
             continue
         print(f"[raybench] writing synthetic {d.format} ({d.synthetic.images} images) to {d.root}")
         tmp = Path(f"{d.root}.tmp-{os.getpid()}")
-        synthesize(d.format, tmp, images=d.synthetic.images, size=d.synthetic.size,
-                   seed=d.synthetic.seed)
+        synthesize(d.format, tmp, images=d.synthetic.images, size=d.synthetic.size, seed=d.synthetic.seed)
         os.replace(tmp, d.root)  # atomic: a half-written dataset never looks complete
         done.add(d.root)
 
@@ -109,10 +109,15 @@ def run_study(study: Study, options: SweepOptions) -> dict[str, Any]:
     layout = ExperimentLayout.create(options.storage, options.experiment or study.name)
     connect(options)
     specs = dumps_specs(trials)
-    settings = {"layout": {"storage": layout.storage, "name": layout.name},
-                "worker_retries": options.worker_retries}
-    trainable = tune.with_resources(tune.with_parameters(run_trial, specs=specs, settings=settings),
-                                    {"CPU": max(options.driver_cpus, 0.01)})
+    settings = {
+        "layout": {"storage": layout.storage, "name": layout.name},
+        "worker_retries": options.worker_retries,
+        "env": forwarded_env(),
+    }
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, specs=specs, settings=settings),
+        {"CPU": max(options.driver_cpus, 0.01)},
+    )
     concurrency = max_concurrency(trials, options.driver_cpus, study.scaling.max_concurrent_trials)
     resume_cmd = resume_command(study, options, layout)
     print(f"[raybench] experiment {layout.root}: {len(trials)} trials, up to {concurrency} at once")
@@ -120,9 +125,13 @@ def run_study(study: Study, options: SweepOptions) -> dict[str, Any]:
     sys.stdout.flush()
 
     if options.resume and tune.Tuner.can_restore(layout.root):
-        tuner = tune.Tuner.restore(layout.root, trainable=trainable, resume_unfinished=True,
-                                   resume_errored=not options.restart_errored,
-                                   restart_errored=options.restart_errored)
+        tuner = tune.Tuner.restore(
+            layout.root,
+            trainable=trainable,
+            resume_unfinished=True,
+            resume_errored=not options.restart_errored,
+            restart_errored=options.restart_errored,
+        )
     else:
         if options.resume:
             print(f"[raybench] nothing to resume at {layout.root}; starting it")
@@ -145,12 +154,15 @@ def run_study(study: Study, options: SweepOptions) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     for result in grid:
         name = (result.config or {}).get(TRIAL_KEY, "?")
-        summary[name] = {"error": repr(result.error) if result.error else None,
-                         "metrics": {k: v for k, v in (result.metrics or {}).items()
-                                     if isinstance(v, (int, float))}}
+        summary[name] = {
+            "error": repr(result.error) if result.error else None,
+            "metrics": {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))},
+        }
     failed = [n for n, s in summary.items() if s["error"]]
-    print(f"[raybench] done: {len(summary) - len(failed)} finished, {len(failed)} failed; "
-          f"results in {layout.root}")
+    print(
+        f"[raybench] done: {len(summary) - len(failed)} finished, {len(failed)} failed; "
+        f"results in {layout.root}"
+    )
     if failed:
         print(f"[raybench] failed: {', '.join(sorted(failed))}\n[raybench] retry with: {resume_cmd}")
     return summary

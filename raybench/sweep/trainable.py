@@ -19,6 +19,38 @@ from raybench.sweep.layout import ExperimentLayout
 
 # Keys of the Tune config / Train loop config (plain JSON-able values only).
 TRIAL_KEY = "trial"
+CHECKPOINT_META = "raybench.json"
+RESUMES_FILE = "resumes.jsonl"
+FAULT_ENV = "RAYBENCH_FAULT_INJECT"
+
+
+def maybe_inject_fault(trial: str, iteration: int, layout: ExperimentLayout) -> None:
+    """Failure drill: ``RAYBENCH_FAULT_INJECT="<trial glob>@<iter>"`` SIGKILLs the train
+    worker once when it reports that iteration (a marker file makes it happen only once).
+
+    This is how the tests (and a cautious user) prove that a lost worker costs only the
+    iterations since the last checkpoint.
+    """
+    spec = os.environ.get(FAULT_ENV)
+    if not spec or "@" not in spec:
+        return
+    import fnmatch
+    import signal
+
+    from raybench.results.store import resolve
+
+    pattern, _, at = spec.rpartition("@")
+    if not fnmatch.fnmatchcase(trial, pattern) or iteration != int(at):
+        return
+    fs, path = resolve(layout.trial_dir(trial))
+    marker = f"{path}/fault-injected-at-{iteration}"
+    if fs.get_file_info(marker).type.name != "NotFound":
+        return
+    fs.create_dir(path, recursive=True)
+    with fs.open_output_stream(marker) as f:
+        f.write(str(os.getpid()).encode())
+    print(f"[raybench] fault drill: killing the train worker of {trial} at iteration {iteration}", flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 class RayReporter:
@@ -30,6 +62,7 @@ class RayReporter:
         from raybench.tracking import WandbTracker
 
         self.trial = trial
+        self.layout = layout
         self.rank = rank
         self.t0 = time.time()
         self.results = None
@@ -37,11 +70,18 @@ class RayReporter:
         if rank == 0:
             axes = trial.axes() | {"metric_name": trial.dataset.headline_metric}
             s = trial.scaling
-            resources = {"workers": s.workers, "gpus_per_worker": s.gpus_per_worker if s.use_gpu else 0.0,
-                         "cpus_per_worker": s.cpus_per_worker}
-            self.results = ResultsWriter(layout.trial_dir(trial.name), trial.axes(), resources)
+            resources = {
+                "workers": s.workers,
+                "gpus_per_worker": s.gpus_per_worker if s.use_gpu else 0.0,
+                "cpus_per_worker": s.cpus_per_worker,
+            }
+            self.results = ResultsWriter(
+                layout.trial_dir(trial.name), trial.axes(), resources, min_interval_s=30.0
+            )
             self.tracker = WandbTracker(
-                trial=trial.name, experiment=layout.name, group=trial.study,
+                trial=trial.name,
+                experiment=layout.name,
+                group=trial.study,
                 job_type=trial.dataset.id,
                 tags=[trial.backbone.arch, trial.backbone.pretraining, trial.regime],
                 config=trial.to_dict() | {"trial_name": trial.name, "axes": axes},
@@ -53,13 +93,18 @@ class RayReporter:
         import ray.train
 
         step = int(metrics.get("iter", 0))
+        maybe_inject_fault(self.trial.name, step, self.layout)
         if self.rank == 0:
             if self.results is not None:
                 self.results.append(step, float(metrics.get("epoch", 0.0)), metrics, time.time() - self.t0)
-                self.results.flush()
+                self.results.flush(force=checkpoint is not None)  # rows up to a checkpoint are never lost
             if self.tracker is not None:
                 self.tracker.log(metrics, step=step)
-        ckpt = ray.train.Checkpoint.from_directory(str(checkpoint)) if checkpoint else None
+        ckpt = None
+        if checkpoint is not None:
+            # The iteration travels with the checkpoint, so a resume can say where it resumed.
+            (Path(checkpoint) / CHECKPOINT_META).write_text(json.dumps({"iter": step}))
+            ckpt = ray.train.Checkpoint.from_directory(str(checkpoint))
         ray.train.report(dict(metrics), checkpoint=ckpt)
 
     def close(self, ok: bool) -> None:
@@ -92,20 +137,48 @@ def train_worker(config: dict[str, Any]) -> None:
             checkpoint = ray.train.get_checkpoint()
             if checkpoint is not None:
                 with checkpoint.as_directory() as resume_dir:
+                    if rank == 0:
+                        record_resume(layout, trial.name, Path(resume_dir))
                     final = train(trial, Path(work), reporter=reporter, resume_from=Path(resume_dir))
             else:
                 final = train(trial, Path(work), reporter=reporter, resume_from=None)
         ok = True
     except BaseException as exc:
         if rank == 0:
-            write_status(layout.trial_dir(trial.name), "failed", f"{type(exc).__name__}: {exc}",
-                         extra={"metric": trial.dataset.headline_metric})
+            write_status(
+                layout.trial_dir(trial.name),
+                "failed",
+                f"{type(exc).__name__}: {exc}",
+                extra={"metric": trial.dataset.headline_metric},
+            )
         raise
     finally:
         reporter.close(ok)
     if rank == 0:
-        write_status(layout.trial_dir(trial.name), "finished",
-                     extra={"metric": trial.dataset.headline_metric, "final": _jsonable(final)})
+        write_status(
+            layout.trial_dir(trial.name),
+            "finished",
+            extra={"metric": trial.dataset.headline_metric, "final": _jsonable(final)},
+        )
+
+
+def record_resume(layout: ExperimentLayout, trial: str, checkpoint_dir: Path) -> None:
+    """Append to ``trials/<trial>/resumes.jsonl`` where this run resumed from (an audit trail)."""
+    meta_file = checkpoint_dir / CHECKPOINT_META
+    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+    record = {"from_iter": meta.get("iter"), "time": time.time()}
+    print(f"[raybench] {trial}: resuming from the checkpoint of iteration {record['from_iter']}", flush=True)
+    from raybench.results.store import resolve
+
+    fs, path = resolve(layout.trial_dir(trial))
+    fs.create_dir(path, recursive=True)
+    target = f"{path}/{RESUMES_FILE}"
+    try:
+        old = fs.open_input_stream(target).read().decode()
+    except (FileNotFoundError, OSError):
+        old = ""
+    with fs.open_output_stream(target) as f:
+        f.write((old + json.dumps(record) + "\n").encode())
 
 
 def _jsonable(metrics: Any) -> dict[str, float]:
@@ -140,25 +213,49 @@ def run_trial(config: dict[str, Any], specs: dict[str, str], settings: dict[str,
         train_worker,
         train_loop_config={TRIAL_KEY: trial.to_json(), "layout": settings["layout"]},
         torch_config=TorchConfig(backend="nccl" if s.use_gpu else "gloo"),
-        scaling_config=ray.train.ScalingConfig(num_workers=s.workers, use_gpu=s.use_gpu,
-                                               resources_per_worker=per_worker),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=s.workers, use_gpu=s.use_gpu, resources_per_worker=per_worker
+        ),
         run_config=ray.train.RunConfig(
             name=name,
             storage_path=layout.train_storage,
             failure_config=ray.train.FailureConfig(max_failures=int(settings.get("worker_retries", 2))),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             callbacks=[TuneReportCallback()],
-            worker_runtime_env={"env_vars": _forwarded_env()},
+            worker_runtime_env={"env_vars": dict(settings.get("env", {}))},
         ),
     )
-    trainer.fit()
+    try:
+        trainer.fit()
+    except Exception as exc:
+        # A worker that was killed could not say so itself: the driver records the failure.
+        from raybench.results.store import write_status
+
+        write_status(
+            layout.trial_dir(name),
+            "failed",
+            f"{type(exc).__name__}: {exc}"[:2000],
+            extra={"metric": trial.dataset.headline_metric},
+        )
+        raise
 
 
-def _forwarded_env() -> dict[str, str]:
-    """Environment the workers need (W&B mode/key, offline hubs) — from the driver's env."""
-    keys = ("WANDB_MODE", "WANDB_API_KEY", "WANDB_PROJECT", "WANDB_ENTITY", "HF_HUB_OFFLINE",
-            "RAYBENCH_WANDB_DIR", "RAYBENCH_FAULT_INJECT", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
-            "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
+def forwarded_env() -> dict[str, str]:
+    """Environment the workers need (W&B mode/key, offline hubs, S3 endpoint), taken from the
+    sweep driver's environment at launch; values travel in memory, never into a file."""
+    keys = (
+        "WANDB_MODE",
+        "WANDB_API_KEY",
+        "WANDB_PROJECT",
+        "WANDB_ENTITY",
+        "HF_HUB_OFFLINE",
+        "RAYBENCH_WANDB_DIR",
+        "RAYBENCH_FAULT_INJECT",
+        "AWS_ENDPOINT_URL",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_DEFAULT_REGION",
+    )
     return {k: os.environ[k] for k in keys if k in os.environ}
 
 
@@ -166,4 +263,4 @@ def dumps_specs(trials: list[TrialSpec]) -> dict[str, str]:
     return {t.name: t.to_json() for t in trials}
 
 
-__all__ = ["RayReporter", "dumps_specs", "run_trial", "train_worker", "json"]
+__all__ = ["RayReporter", "dumps_specs", "forwarded_env", "run_trial", "train_worker"]
