@@ -128,9 +128,14 @@ def train_worker(config: dict[str, Any]) -> None:
     rank = ctx.get_world_rank()
     if not trial.scaling.use_gpu:
         torch.set_num_threads(max(1, int(trial.scaling.cpus_per_worker)))
+    # Launch time: from the trial driver's start to this worker running (Ray's overhead).
+    base_extra = {
+        "metric": trial.dataset.headline_metric,
+        "launch_s": time.time() - float(config.get("driver_started", time.time())),
+    }
     reporter = RayReporter(trial, layout, rank)
     if rank == 0:
-        write_status(layout.trial_dir(trial.name), "running", extra={"metric": trial.dataset.headline_metric})
+        write_status(layout.trial_dir(trial.name), "running", extra=base_extra)
     ok = False
     try:
         with tempfile.TemporaryDirectory(prefix=f"raybench-{trial.name}-") as work:
@@ -149,7 +154,7 @@ def train_worker(config: dict[str, Any]) -> None:
                 layout.trial_dir(trial.name),
                 "failed",
                 f"{type(exc).__name__}: {exc}",
-                extra={"metric": trial.dataset.headline_metric},
+                extra=base_extra,
             )
         raise
     finally:
@@ -158,7 +163,7 @@ def train_worker(config: dict[str, Any]) -> None:
         write_status(
             layout.trial_dir(trial.name),
             "finished",
-            extra={"metric": trial.dataset.headline_metric, "final": _jsonable(final)},
+            extra=base_extra | {"final": _jsonable(final)},
         )
 
 
@@ -211,7 +216,11 @@ def run_trial(config: dict[str, Any], specs: dict[str, str], settings: dict[str,
         per_worker["GPU"] = float(s.gpus_per_worker)
     trainer = TorchTrainer(
         train_worker,
-        train_loop_config={TRIAL_KEY: trial.to_json(), "layout": settings["layout"]},
+        train_loop_config={
+            TRIAL_KEY: trial.to_json(),
+            "layout": settings["layout"],
+            "driver_started": time.time(),
+        },
         torch_config=TorchConfig(backend="nccl" if s.use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=s.workers, use_gpu=s.use_gpu, resources_per_worker=per_worker
