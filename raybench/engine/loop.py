@@ -1,0 +1,428 @@
+"""The training loop: one function, with or without Ray, one worker or many.
+
+:func:`train` is a plain iteration loop (in the spirit of torchvision's detection
+references): per iteration, ``accum`` micro-batches -> losses -> backward (scaled so
+the gradient is the mean over the *global* batch) -> clip -> optimizer step -> LR step;
+every ``log_period`` iterations a progress line and a report, every ``eval_period`` an
+evaluation on the validation split, every ``checkpoint_period`` an exact-resume
+checkpoint. It knows nothing about tasks: the trial's :class:`~raybench.tasks.Task` builds
+the model, the batches, the losses and the evaluator.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import shutil
+import time
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+
+from raybench.engine.checkpoint import (
+    CHECKPOINT_DIR,
+    FORMAT,
+    capture_rng,
+    latest_checkpoint,
+    load_checkpoint,
+    preserved_rng,
+    restore_rng,
+    save_checkpoint,
+    seed_everything,
+)
+from raybench.engine.data import (
+    GlobalBatchStream,
+    SeededItems,
+    Shard,
+    StreamBatchSampler,
+    ensure_dataset,
+    seed_worker,
+)
+from raybench.engine.distributed import (
+    World,
+    any_worker,
+    gather_objects,
+    is_distributed,
+    mean_across_workers,
+)
+from raybench.engine.reporting import ConsoleReporter, JsonlReporter, MultiReporter, Reporter, should_stop
+from raybench.recipes import build_optimizer, build_scheduler, clip_gradients, lr_factor
+from raybench.study.spec import TrialSpec
+from raybench.tasks import DatasetMeta, Task, build_task
+
+METRICS_FILE = "metrics.jsonl"
+#: Checkpoints kept on disk (the newest ones); Ray keeps its own copies.
+KEEP_CHECKPOINTS = 2
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss term became NaN or infinite: training stops instead of corrupting the weights."""
+
+    def __init__(self, iteration: int, term: str, value: float, losses: Mapping[str, float]) -> None:
+        self.iteration, self.term, self.value = iteration, term, value
+        others = ", ".join(f"{k}={v:.4g}" for k, v in losses.items())
+        super().__init__(f"non-finite loss at iteration {iteration}: {term} = {value} (all terms: {others})")
+
+
+class _Meters:
+    """Per-term loss sums over the current logging window (checkpointed, for exact resume)."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.iters = 0
+
+    def add(self, values: Mapping[str, float]) -> None:
+        for k, v in values.items():
+            self.sums[k] = self.sums.get(k, 0.0) + float(v)
+        self.iters += 1
+
+    def means(self) -> dict[str, float]:
+        return {k: v / max(1, self.iters) for k, v in self.sums.items()}
+
+    def reset(self) -> None:
+        self.sums, self.iters = {}, 0
+
+    def state(self) -> dict[str, Any]:
+        return {"sums": dict(self.sums), "iters": self.iters}
+
+    def load(self, state: Mapping[str, Any]) -> None:
+        self.sums, self.iters = {k: float(v) for k, v in state["sums"].items()}, int(state["iters"])
+
+
+def default_device(trial: TrialSpec, world: World) -> torch.device:
+    """This worker's GPU (by local rank) when the trial asks for GPUs and has them, else CPU."""
+    if trial.scaling.use_gpu and torch.cuda.is_available():
+        index = world.local_rank % torch.cuda.device_count()
+        torch.cuda.set_device(index)
+        return torch.device("cuda", index)
+    if trial.scaling.use_gpu:
+        warnings.warn(
+            f"{trial.name}: the trial asks for GPUs but none is visible; training on CPU", stacklevel=2
+        )
+    return torch.device("cpu")
+
+
+def build_datasets(trial: TrialSpec) -> tuple[Any, Any]:
+    """(train, val) datasets of the trial, untransformed (the task's transforms come later)."""
+    from raybench.data import build_dataset
+
+    root = ensure_dataset(trial.dataset)
+    opts = dict(trial.dataset.options)
+    fmt = trial.dataset.format
+    return build_dataset(fmt, root, "train", **opts), build_dataset(fmt, root, "val", **opts)
+
+
+def _derived_seed(*parts: int) -> int:
+    return int(np.random.SeedSequence(list(parts)).generate_state(1, np.uint32)[0])
+
+
+def _comparable(trial_json: str) -> dict[str, Any]:
+    """The spec minus what may change on a resume without changing the trial (resources, data location)."""
+    d = json.loads(trial_json)
+    d.pop("scaling", None)
+    d.get("dataset", {}).pop("root", None)
+    return d
+
+
+def _format_eta(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    s = int(seconds)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def evaluate(
+    task: Task,
+    model: nn.Module,
+    loader: DataLoader,
+    meta: DatasetMeta,
+    *,
+    device: torch.device,
+    amp_dtype: torch.dtype | None = None,
+    gather: Any = gather_objects,
+) -> dict[str, float]:
+    """Predict every batch of ``loader`` (this worker's shard) and compute metrics over all workers."""
+    evaluator = task.build_evaluator(meta, gather)
+    was_training = model.training
+    model.eval()
+    autocast = torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None)
+    with torch.no_grad(), autocast:
+        for batch in loader:
+            task.evaluate_step(model, task.to_device(batch, device), evaluator)
+    model.train(was_training)
+    return evaluator.evaluate()
+
+
+def train(
+    trial: TrialSpec,
+    out_dir: str | Path,
+    *,
+    reporter: Reporter | None = None,
+    resume: bool = True,
+    resume_from: str | Path | None = None,
+    world: World | None = None,
+    device: torch.device | str | None = None,
+    datasets: Mapping[str, Any] | None = None,
+    verbose: bool = True,
+) -> dict[str, float]:
+    """Train ``trial`` to its last iteration; returns the final metrics.
+
+    - ``out_dir``: ``metrics.jsonl`` (rank 0), ``trial.json`` and ``checkpoints/iter_*``.
+    - ``resume``: continue from the newest checkpoint in ``out_dir`` if there is one;
+      ``resume_from``: continue from this checkpoint folder instead (Ray hands one over).
+    - ``reporter``: also receives every report (on every worker; the checkpoint folder on
+      rank 0 only). Metrics always go to ``out_dir/metrics.jsonl`` and the console too.
+    - ``world``: rank / size (default: from torch.distributed, else 1 worker). With a
+      process group the model is wrapped in DistributedDataParallel.
+    - ``datasets``: ``{"train": ..., "val": ...}`` built elsewhere (with ``transforms=None``;
+      the task's transforms are applied here), instead of the trial's own.
+    """
+    out_dir = Path(out_dir)
+    world = world or World.current()
+    recipe, schedule = trial.recipe, trial.recipe.schedule
+    total, global_batch = schedule.iterations, recipe.batch_size
+    if global_batch % world.size:
+        raise ValueError(
+            f"{trial.name}: global batch {global_batch} does not split over {world.size} workers; "
+            "choose a worker count that divides it"
+        )
+    micro, accum = dataclasses.replace(trial.scaling, workers=world.size).per_worker_batch(global_batch)
+    device = torch.device(device) if device is not None else default_device(trial, world)
+    main = world.is_main
+
+    def log(message: str) -> None:
+        if verbose and main:
+            print(f"[{trial.name}] {message}", flush=True)
+
+    checkpoint_path = Path(resume_from) if resume_from else (latest_checkpoint(out_dir) if resume else None)
+    state = load_checkpoint(checkpoint_path) if checkpoint_path else None
+    if state is not None and _comparable(state["trial"]) != _comparable(trial.to_json()):
+        raise ValueError(
+            f"checkpoint {checkpoint_path} was written by a different trial spec "
+            f"({state.get('trial_name')!r}); refusing to resume {trial.name!r} from it "
+            "(use another --out folder, or resume=False)"
+        )
+
+    # Model and optimizer: every worker builds the same initial weights from the same seed.
+    seed_everything(trial.seed)
+    task = build_task(trial)
+    if datasets is not None:
+        train_set, val_set = datasets["train"], datasets["val"]
+    else:
+        train_set, val_set = build_datasets(trial)
+    meta = DatasetMeta.of(train_set)
+    model = task.build_model(meta).to(device)
+    optimizer = build_optimizer(model, recipe.optimizer, backbone=task.backbone(model))
+    scheduler = build_scheduler(optimizer, schedule)
+    factor = lr_factor(schedule)
+    amp = recipe.amp and device.type == "cuda"
+    amp_dtype = None
+    scaler = None
+    if amp:
+        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        if amp_dtype == torch.float16:
+            scaler = torch.amp.GradScaler("cuda")
+
+    meters = _Meters()
+    start = 0
+    last_train: dict[str, float] = {}
+    last_val: dict[str, float] = {}
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        meters.load(state["meters"])
+        start = int(state["iteration"])
+        last_train, last_val = dict(state["train_metrics"]), dict(state["val_metrics"])
+        rngs = state["rng"]
+        if len(rngs) == world.size:
+            restore_rng(rngs[world.rank])
+        else:
+            warnings.warn(
+                f"{trial.name}: checkpoint from {len(rngs)} worker(s) resumed on {world.size}: "
+                "data order and weights carry over exactly, per-worker random streams are re-seeded",
+                stacklevel=2,
+            )
+            seed_everything(_derived_seed(trial.seed, world.rank, start))
+        log(f"resuming from {checkpoint_path} at iteration {start}")
+    elif world.rank > 0:
+        seed_everything(_derived_seed(trial.seed, world.rank))  # own stream (e.g. RPN sampling)
+
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if state is None:  # a fresh start: an older run's checkpoints must not be resumed later
+            shutil.rmtree(out_dir / CHECKPOINT_DIR, ignore_errors=True)
+        (out_dir / "trial.json").write_text(json.dumps(trial.to_dict() | {"name": trial.name}, indent=1))
+    sinks: list[Reporter] = []
+    if main:
+        sinks.append(JsonlReporter(out_dir / METRICS_FILE, resume_at=start if state is not None else None))
+        if verbose:
+            sinks.append(ConsoleReporter(f"[{trial.name}] "))
+    if reporter is not None:
+        sinks.append(reporter)
+    sink = MultiReporter(sinks)
+
+    def final_metrics(done: int) -> dict[str, float]:
+        return {"iter": done, "epoch": stream.epoch(done), **last_train, **last_val}
+
+    stream = GlobalBatchStream(len(train_set), global_batch, trial.seed)
+    if start >= total:
+        log(f"already trained ({start}/{total} iterations)")
+        return final_metrics(start)
+
+    net: nn.Module = model
+    if is_distributed():
+        net = DistributedDataParallel(
+            model,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            broadcast_buffers=False,
+            find_unused_parameters=task.ddp_find_unused_parameters,
+        )
+
+    pin = device.type == "cuda"
+    generator = torch.Generator()
+    train_loader = DataLoader(
+        SeededItems(train_set, task.transforms("train", generator), generator, trial.seed),
+        batch_sampler=StreamBatchSampler(stream, start, total, world.rank, world.size, accum),
+        collate_fn=task.collate,
+        num_workers=recipe.loader_workers,
+        worker_init_fn=seed_worker,
+        generator=torch.Generator().manual_seed(_derived_seed(trial.seed, world.rank, start)),
+        pin_memory=pin,
+    )
+    val_loader = DataLoader(
+        Shard(val_set, world.rank, world.size, task.transforms("val", torch.Generator())),
+        batch_size=micro,
+        shuffle=False,
+        collate_fn=task.collate,
+        num_workers=recipe.loader_workers,
+        worker_init_fn=seed_worker,
+        generator=torch.Generator().manual_seed(trial.seed),
+        pin_memory=pin,
+    )
+
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    n_all = sum(p.numel() for p in model.parameters())
+    log(
+        f"{world.size} worker(s) x {accum} x {micro} images = global batch {global_batch}; "
+        f"device {device}; {sum(p.numel() for p in trainable):,} of {n_all:,} parameters trained; "
+        f"iterations {start}..{total}"
+    )
+
+    data_iter = iter(train_loader)
+    window_start, window_iters = time.perf_counter(), 0
+    done = start
+    for it in range(start, total):
+        net.train()
+        lr_now = recipe.optimizer.lr * factor(it)
+        optimizer.zero_grad(set_to_none=True)
+        iter_losses: dict[str, float] = {}
+        for m in range(accum):
+            batch = next(data_iter)
+            n = task.batch_size(batch)
+            batch = task.to_device(batch, device)
+            last = m == accum - 1
+            no_sync = net.no_sync() if isinstance(net, DistributedDataParallel) and not last else None
+            with no_sync or contextlib.nullcontext():
+                with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp):
+                    losses = task.train_step(net, batch)
+                values = torch.stack([v.detach().float() for v in losses.values()]).cpu()
+                if not bool(torch.isfinite(values).all()):
+                    named = dict(zip(losses, values.tolist()))
+                    term = next(k for k, v in named.items() if not math.isfinite(v))
+                    raise NonFiniteLossError(it + 1, term, named[term], named)
+                # Mean over the global batch: this micro-batch's share of it, x world size
+                # because DistributedDataParallel averages gradients over the workers.
+                loss = sum(losses.values()) * (n * world.size / global_batch)
+                (scaler.scale(loss) if scaler is not None else loss).backward()
+            share = n * world.size / global_batch
+            for k, v in zip(losses, values.tolist()):
+                iter_losses[k] = iter_losses.get(k, 0.0) + v * share
+        if scaler is not None:
+            scaler.unscale_(optimizer)
+        clip_gradients(trainable, recipe.clip_grad)
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        scheduler.step()
+
+        names = list(iter_losses)
+        reduced = mean_across_workers(torch.tensor([iter_losses[k] for k in names], dtype=torch.float64))
+        meters.add(dict(zip(names, reduced.tolist())))
+        done, window_iters = it + 1, window_iters + 1
+
+        final = done == total
+        stop = any_worker(should_stop(reporter), device)
+        do_log = done % recipe.log_period == 0 or final or stop
+        do_eval = done % recipe.eval_period == 0 or final
+        do_ckpt = done % recipe.checkpoint_period == 0 or final or stop
+        if not (do_log or do_eval or do_ckpt):
+            continue
+
+        metrics: dict[str, float] = {"iter": done, "epoch": stream.epoch(done), "lr": lr_now}
+        if do_log:
+            means = meters.means()
+            elapsed = time.perf_counter() - window_start
+            last_train = {"train/loss": sum(means.values()), **{f"train/{k}": v for k, v in means.items()}}
+            last_train["lr"] = lr_now
+            metrics.update(last_train)
+            metrics["imgs_per_s"] = global_batch * window_iters / max(elapsed, 1e-9)
+            eta = elapsed / window_iters * (total - done)
+            terms = ", ".join(f"{k} {v:.3f}" for k, v in means.items())
+            log(
+                f"iter {done}/{total}  loss {last_train['train/loss']:.4f} ({terms})  lr {lr_now:.3g}  "
+                f"{metrics['imgs_per_s']:.1f} img/s  eta {_format_eta(eta)}"
+            )
+            meters.reset()
+            window_start, window_iters = time.perf_counter(), 0
+        if do_eval:
+            eval_start = time.perf_counter()
+            with preserved_rng():  # evaluation must not shift the training's random streams
+                last_val = evaluate(task, model, val_loader, meta, device=device, amp_dtype=amp_dtype)
+            metrics.update(last_val)
+            window_start += time.perf_counter() - eval_start  # throughput counts training only
+        saved: Path | None = None
+        if do_ckpt:
+            rng_states = gather_objects(capture_rng())
+            if main:
+                epoch, index = stream.position(done)
+                saved = save_checkpoint(
+                    out_dir,
+                    done,
+                    {
+                        "format": FORMAT,
+                        "trial": trial.to_json(),
+                        "trial_name": trial.name,
+                        "iteration": done,
+                        "epoch": epoch,
+                        "index_in_epoch": index,
+                        "world_size": world.size,
+                        "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "scaler": scaler.state_dict() if scaler is not None else None,
+                        "rng": rng_states,
+                        "meters": meters.state(),
+                        "train_metrics": last_train,
+                        "val_metrics": last_val,
+                    },
+                    keep=KEEP_CHECKPOINTS,
+                )
+        sink.report(metrics, saved)
+        if stop and not final:
+            log(f"stopped by the reporter at iteration {done}")
+            break
+    return final_metrics(done)

@@ -1,0 +1,1 @@
+"""Decoders and task heads (detection, Mask2Former) built on raybench backbones."""

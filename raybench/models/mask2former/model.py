@@ -1,0 +1,170 @@
+"""Mask2Former head for semantic segmentation on a 4-level backbone (strides 4, 8, 16, 32).
+
+``Mask2FormerHead`` = pixel decoder + masked-attention transformer decoder + criterion. The backbone
+is not part of it: ``forward`` takes the backbone's feature maps, so any raybench backbone (ConvNeXt-T,
+ResNet-50) plugs in unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .criterion import Mask2FormerCriterion
+from .matcher import HungarianMatcher
+from .pixel_decoder import MSDeformAttnPixelDecoder
+from .transformer_decoder import MaskedTransformerDecoder
+
+
+@dataclass
+class Mask2FormerConfig:
+    """Hyper-parameters of :class:`Mask2FormerHead`; defaults are the paper's semantic-seg recipe.
+
+    ``dec_layers`` counts predictions the way Mask2Former's config does (``DEC_LAYERS: 10``): one
+    from the learnt queries plus one after each of ``dec_layers - 1`` masked-attention layers.
+    ``class_cost`` is the matcher's class weight (official 2.0; set 1.0 to mimic transformers
+    releases that hard-code it). ``dense_mask_grad`` keeps autograd on every query's full mask
+    (the reference's behaviour); the default rebuilds only the matched masks with autograd in the loss.
+    """
+
+    num_classes: int
+    in_channels: Sequence[int] = field(default_factory=lambda: (96, 192, 384, 768))
+    hidden_dim: int = 256  # transformer decoder width
+    conv_dim: int = 256  # pixel decoder width
+    mask_dim: int = 256
+    num_queries: int = 100
+    nheads: int = 8
+    enc_layers: int = 6
+    dec_layers: int = 10
+    enc_dim_feedforward: int = 1024
+    dec_dim_feedforward: int = 2048
+    n_points: int = 4
+    dropout: float = 0.0
+    num_points: int = 12544
+    oversample_ratio: float = 3.0
+    importance_sample_ratio: float = 0.75
+    class_weight: float = 2.0
+    mask_weight: float = 5.0
+    dice_weight: float = 5.0
+    no_object_weight: float = 0.1
+    class_cost: float = 2.0
+    deep_supervision: bool = True
+    dense_mask_grad: bool = False
+
+    def __post_init__(self) -> None:
+        self.in_channels = tuple(int(c) for c in self.in_channels)
+        if len(self.in_channels) != 4:
+            raise ValueError(f"in_channels must list 4 levels (strides 4..32), got {self.in_channels}")
+        if self.dec_layers < 1:
+            raise ValueError("dec_layers counts predictions and must be >= 1")
+
+
+class Mask2FormerHead(nn.Module):
+    """Mask2Former on backbone features: ``forward`` -> predictions, ``loss`` -> weighted terms."""
+
+    def __init__(self, config: Mask2FormerConfig):
+        super().__init__()
+        self.config = config
+        self.pixel_decoder = MSDeformAttnPixelDecoder(
+            config.in_channels,
+            conv_dim=config.conv_dim,
+            mask_dim=config.mask_dim,
+            num_layers=config.enc_layers,
+            dim_feedforward=config.enc_dim_feedforward,
+            num_heads=config.nheads,
+            num_points=config.n_points,
+            dropout=config.dropout,
+        )
+        self.predictor = MaskedTransformerDecoder(
+            config.num_classes,
+            in_channels=config.conv_dim,
+            hidden_dim=config.hidden_dim,
+            num_queries=config.num_queries,
+            num_heads=config.nheads,
+            dim_feedforward=config.dec_dim_feedforward,
+            num_layers=config.dec_layers - 1,
+            mask_dim=config.mask_dim,
+            dropout=config.dropout,
+            dense_mask_grad=config.dense_mask_grad,
+        )
+        matcher = HungarianMatcher(
+            config.class_cost, config.mask_weight, config.dice_weight, config.num_points
+        )
+        self.criterion = Mask2FormerCriterion(
+            config.num_classes,
+            matcher,
+            class_weight=config.class_weight,
+            mask_weight=config.mask_weight,
+            dice_weight=config.dice_weight,
+            no_object_weight=config.no_object_weight,
+            num_points=config.num_points,
+            oversample_ratio=config.oversample_ratio,
+            importance_sample_ratio=config.importance_sample_ratio,
+        )
+
+    def forward(self, features: Sequence[Tensor]) -> dict:
+        """Predict from 4 backbone maps (strides 4, 8, 16, 32).
+
+        Returns a dict with ``pred_logits`` ``[B, Q, K+1]``, ``pred_masks`` ``[B, Q, H/4, W/4]`` (mask
+        logits), ``aux_outputs`` (one dict per earlier prediction, learnt queries first), plus
+        ``mask_features`` and ``mask_embed`` used by :meth:`loss`. Unless ``dense_mask_grad``, the
+        ``pred_masks`` tensors carry no autograd graph: train through :meth:`loss`.
+        """
+        mask_features, multi_scale = self.pixel_decoder(features)
+        out = self.predictor(multi_scale, mask_features)
+        out["mask_features"] = mask_features
+        if not self.config.deep_supervision:
+            out["aux_outputs"] = []
+        return out
+
+    def loss(
+        self, outputs: dict, targets: Sequence[dict[str, Tensor]], generator: torch.Generator | None = None
+    ) -> dict[str, Tensor]:
+        """Weighted loss terms (``loss_ce``, ``loss_mask``, ``loss_dice``, ``*_i`` for auxiliary
+        prediction ``i``) and their sum under ``loss``.
+
+        ``targets`` per image: ``labels`` int64 ``[N]`` (0..K-1) and ``masks`` ``[N, H, W]`` at input
+        resolution (see :func:`semantic_to_targets`). ``generator`` feeds the point sampling.
+        """
+        terms = self.criterion(outputs, targets, generator)
+        terms["loss"] = torch.stack(list(terms.values())).sum()
+        return terms
+
+
+def semantic_to_targets(sem_seg: Tensor, num_classes: int, ignore_index: int = 255) -> dict[str, Tensor]:
+    """Semantic map ``[H, W]`` (class ids 0..K-1, ``ignore_index`` = ignore) -> one mask per class present.
+
+    Returns ``labels`` int64 ``[N]`` (sorted class ids) and ``masks`` bool ``[N, H, W]``. Ignore pixels
+    belong to no mask, so the mask losses treat them as background of every target mask - as official
+    Mask2Former's semantic dataset mapper does (its losses have no ignore handling). An image that is
+    all ignore gives zero targets: every query is then trained towards "no object".
+    """
+    if sem_seg.dim() != 2:
+        raise ValueError(f"sem_seg must be [H, W], got shape {tuple(sem_seg.shape)}")
+    classes = torch.unique(sem_seg)
+    classes = classes[classes != ignore_index]
+    if classes.numel() and (classes.min() < 0 or classes.max() >= num_classes):
+        raise ValueError(
+            f"class ids must lie in 0..{num_classes - 1} or be {ignore_index}, got {classes.tolist()}"
+        )
+    masks = sem_seg.unsqueeze(0) == classes.view(-1, 1, 1)
+    return {"labels": classes.to(torch.int64), "masks": masks}
+
+
+def semantic_inference(
+    pred_logits: Tensor, pred_masks: Tensor, size: tuple[int, int] | None = None
+) -> Tensor:
+    """Per-class scores ``[B, K, H, W]`` = sum over queries of p(class) * sigmoid(mask).
+
+    ``softmax(pred_logits)[..., :-1]`` drops "no object". With ``size`` the mask logits are first
+    resized bilinearly (``align_corners=False``), as the official inference does before combining.
+    The argmax over K is the semantic prediction.
+    """
+    if size is not None:
+        pred_masks = F.interpolate(pred_masks, size=size, mode="bilinear", align_corners=False)
+    probs = pred_logits.softmax(-1)[..., :-1]
+    return torch.einsum("bqc,bqhw->bchw", probs, pred_masks.sigmoid())

@@ -1,0 +1,194 @@
+"""Optimizer factory: SGD / AdamW with Detectron2-style parameter groups and layer-wise LR decay.
+
+Groups are decided per parameter:
+
+- *learning rate*: ``lr`` x ``backbone_lr_mult`` for backbone parameters, further x
+  ``layer_decay ** (num_layers - 1 - layer_id)`` when the recipe sets ``layer_decay``;
+  the decoder is the last "layer" (scale 1).
+- *weight decay*: ``norm_weight_decay`` for parameters of normalisation layers,
+  ``embed_weight_decay`` for embeddings (``nn.Embedding`` and the named query / level /
+  position embeddings of transformer decoders), ``bias_weight_decay`` for other biases;
+  each falls back to ``weight_decay`` when unset (``None``).
+- parameters with ``requires_grad=False`` (the frozen regime's backbone) are left out of
+  the optimizer entirely, so no optimizer state is ever kept for them.
+
+Layer ids. timm's ``param_groups_layer_decay`` needs the model's ``group_matcher``, which
+``features_only`` models (timm's ``FeatureListNet``) do not keep, and its ConvNeXt matcher
+gives one id per block (the classification fine-tuning rule). The paper's detection
+recipe follows the ConvNeXt paper's Mask R-CNN setting, whose rule groups ConvNeXt into
+``3 + depth_of_stage_3 // 3`` layers (6 for ConvNeXt-T: stem 0, stage 1 -> 1, stage 2 ->
+2, stage 3 blocks in threes -> 3..5, stage 4 -> 6, decoder -> 7). :func:`layer_ids`
+implements that rule over timm's parameter names, and the analogous stage rule for ResNet.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from raybench.study.spec import OptimizerSpec
+
+#: Modules whose parameters count as normalisation parameters.
+NORM_TYPES: tuple[type[nn.Module], ...] = (
+    nn.modules.batchnorm._NormBase,  # BatchNorm*, InstanceNorm*, SyncBatchNorm
+    nn.GroupNorm,
+    nn.LayerNorm,  # timm's LayerNorm2d subclasses it
+    nn.LocalResponseNorm,
+    nn.RMSNorm,
+)
+#: Parameter names (last component) that are embeddings even when not in an ``nn.Embedding``.
+EMBED_NAMES: frozenset[str] = frozenset(
+    {
+        "query_embed",
+        "query_feat",
+        "level_embed",
+        "pos_embed",
+        "absolute_pos_embed",
+        "cls_token",
+        "mask_token",
+        "relative_position_bias_table",
+    }
+)
+
+_CONVNEXT = re.compile(r"(?:^|\.)stages[._](\d+)\.(downsample|blocks)(?:\.(\d+))?")
+_STEM = re.compile(r"(?:^|\.)stem[._]")
+_RESNET_STAGE = re.compile(r"(?:^|\.)layer(\d+)\.")
+_RESNET_STEM = re.compile(r"(?:^|\.)(conv1|bn1|act1)\.")
+
+
+def weight_decay_kind(module: nn.Module, param_name: str) -> str:
+    """``"norm"``, ``"embed"``, ``"bias"`` or ``"default"`` for a parameter owned by ``module``."""
+    if isinstance(module, NORM_TYPES) or "norm" in type(module).__name__.lower():
+        return "norm"
+    leaf = param_name.rsplit(".", 1)[-1]
+    if isinstance(module, nn.Embedding) or leaf in EMBED_NAMES:
+        return "embed"
+    if leaf == "bias":
+        return "bias"
+    return "default"
+
+
+@dataclass(frozen=True)
+class LayerIds:
+    """Layer id of every backbone parameter (by name); the decoder is ``num_layers - 1``."""
+
+    ids: dict[str, int]
+    num_layers: int
+
+    def scale(self, name: str, decay: float) -> float:
+        return decay ** (self.num_layers - 1 - self.ids[name])
+
+
+def layer_ids(backbone: nn.Module) -> LayerIds:
+    """Layer ids for ConvNeXt-like (``stem`` + ``stages``) and ResNet-like (``layer1..4``) bodies."""
+    names = [n for n, _ in backbone.named_parameters()]
+    if any(_CONVNEXT.search(n) for n in names):
+        return _convnext_ids(names)
+    if any(_RESNET_STAGE.search(n) for n in names):
+        return _resnet_ids(names)
+    raise ValueError(
+        "layer_decay is set but raybench has no layer-id rule for this backbone "
+        f"(parameters like {names[:3]}); known: ConvNeXt (stem/stages) and ResNet (layer1..4). "
+        "Remove layer_decay from the recipe or add a rule in raybench/recipes/optim.py"
+    )
+
+
+def _convnext_ids(names: list[str]) -> LayerIds:
+    depth3 = 1 + max(
+        (int(m.group(3)) for n in names if (m := _CONVNEXT.search(n)) and m.group(1) == "2" and m.group(3)),
+        default=-1,
+    )
+    last = 3 + depth3 // 3  # ConvNeXt-T: 6; ConvNeXt-S/B: 12 (the ConvNeXt detection configs)
+    ids: dict[str, int] = {}
+    for n in names:
+        m = _CONVNEXT.search(n)
+        if m is None:
+            ids[n] = 0 if _STEM.search(n) else last
+            continue
+        stage, part, block = int(m.group(1)), m.group(2), m.group(3)
+        if stage == 0:
+            ids[n] = 1
+        elif stage == 1:
+            ids[n] = 2
+        elif stage == 2:
+            ids[n] = 3 if part == "downsample" else 3 + int(block) // 3
+        else:
+            ids[n] = last
+    return LayerIds(ids, last + 2)
+
+
+def _resnet_ids(names: list[str]) -> LayerIds:
+    stages = [int(m.group(1)) for n in names if (m := _RESNET_STAGE.search(n))]
+    last = max(stages)
+    ids: dict[str, int] = {}
+    for n in names:
+        m = _RESNET_STAGE.search(n)
+        ids[n] = int(m.group(1)) if m else (0 if _RESNET_STEM.search(n) else last)
+    return LayerIds(ids, last + 2)
+
+
+def param_groups(
+    model: nn.Module, spec: OptimizerSpec, *, backbone: nn.Module | None = None
+) -> list[dict[str, Any]]:
+    """Parameter groups (deterministic order) with ``lr``, ``weight_decay``, ``lr_scale``, ``name``.
+
+    ``backbone`` is the submodule of ``model`` that gets ``backbone_lr_mult`` and layer decay.
+    """
+    in_backbone: dict[int, str] = {}
+    lids: LayerIds | None = None
+    if backbone is not None:
+        in_backbone = {id(p): n for n, p in backbone.named_parameters()}
+        if spec.layer_decay is not None and spec.layer_decay != 1.0:
+            lids = layer_ids(backbone)
+    decay_for = {
+        "norm": spec.norm_weight_decay,
+        "embed": spec.embed_weight_decay,
+        "bias": spec.bias_weight_decay,
+        "default": None,
+    }
+    groups: dict[tuple[str, int, float], dict[str, Any]] = {}
+    seen: set[int] = set()
+    for _, module in model.named_modules():
+        for pname, p in module.named_parameters(recurse=False):
+            if id(p) in seen or not p.requires_grad:
+                continue
+            seen.add(id(p))
+            kind = weight_decay_kind(module, pname)
+            wd = decay_for[kind]
+            wd = spec.weight_decay if wd is None else wd
+            part, layer, scale = "decoder", -1, 1.0
+            if id(p) in in_backbone:
+                part, scale = "backbone", spec.backbone_lr_mult
+                if lids is not None:
+                    layer = lids.ids[in_backbone[id(p)]]
+                    scale *= lids.scale(in_backbone[id(p)], float(spec.layer_decay))
+            key = (part, layer, float(wd))
+            if key not in groups:
+                label = f"{part}" + (f".layer{layer}" if layer >= 0 else "") + ("" if wd else ".no_wd")
+                groups[key] = {
+                    "params": [],
+                    "lr": spec.lr * scale,
+                    "lr_scale": scale,
+                    "weight_decay": float(wd),
+                    "name": label,
+                }
+            groups[key]["params"].append(p)
+    return list(groups.values())
+
+
+def build_optimizer(
+    model: nn.Module, spec: OptimizerSpec, *, backbone: nn.Module | None = None
+) -> torch.optim.Optimizer:
+    """SGD (momentum, as Detectron2) or AdamW over :func:`param_groups`."""
+    groups = param_groups(model, spec, backbone=backbone)
+    if not groups:
+        raise ValueError("the model has no trainable parameter: nothing to optimise")
+    if spec.name == "sgd":
+        return torch.optim.SGD(groups, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
+    if spec.name == "adamw":
+        return torch.optim.AdamW(groups, lr=spec.lr, betas=tuple(spec.betas), weight_decay=spec.weight_decay)
+    raise ValueError(f"unknown optimizer {spec.name!r}; expected 'sgd' or 'adamw'")

@@ -1,0 +1,70 @@
+"""Detection (Faster R-CNN) and instance segmentation (Mask R-CNN) with torchvision.
+
+Data: the pipeline only flips (torchvision's transform resizes inside the model, see
+:mod:`raybench.models.detection`); batches are lists, images stay ``uint8`` until they
+reach the device. Losses are torchvision's (each already a mean over sampled anchors /
+proposals of the batch). Metrics: COCO box AP (and mask AP for Mask R-CNN).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from raybench.backbones import build_backbone
+from raybench.evaluation.coco import CocoEvaluator
+from raybench.models.detection import build_detector, detector_backbone
+from raybench.tasks import DatasetMeta, Gather, Task, Transform, register_task
+
+#: Target entries torchvision's detectors read during training.
+MODEL_TARGET_KEYS: tuple[str, ...] = ("boxes", "labels", "masks")
+
+
+def _images(batch: Any) -> list[torch.Tensor]:
+    return [im.float() / 255.0 for im in batch[0]]
+
+
+@register_task("faster_rcnn", "mask_rcnn")
+class DetectionTask(Task):
+    """torchvision R-CNN detectors over a raybench backbone + FPN."""
+
+    @property
+    def iou_types(self) -> tuple[str, ...]:
+        return ("bbox", "segm") if self.trial.decoder == "mask_rcnn" else ("bbox",)
+
+    def build_model(self, meta: DatasetMeta) -> nn.Module:
+        t = self.trial
+        backbone = build_backbone(t.backbone, drop_path_rate=t.recipe.drop_path, frozen=t.regime == "frozen")
+        return build_detector(
+            t.decoder, backbone, meta.num_classes, t.recipe.model_options(t.decoder), t.recipe.input
+        )
+
+    def backbone(self, model: nn.Module) -> nn.Module:
+        return detector_backbone(model)
+
+    def transforms(self, split: str, generator: torch.Generator) -> Transform | None:
+        if split == "train" and self.trial.recipe.input.flip:
+            from raybench.data.transforms import RandomHorizontalFlip
+
+            return RandomHorizontalFlip(0.5, generator=generator)
+        return None
+
+    def train_step(self, model: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
+        wanted = MODEL_TARGET_KEYS if self.trial.decoder == "mask_rcnn" else MODEL_TARGET_KEYS[:2]
+        targets = [{k: t[k] for k in wanted} for t in batch[1]]
+        return model(_images(batch), targets)
+
+    def predict(self, model: nn.Module, batch: Any) -> list[dict[str, Any]]:
+        return model(_images(batch))
+
+    def build_evaluator(self, meta: DatasetMeta, gather: Gather) -> CocoEvaluator:
+        return CocoEvaluator(self.iou_types, meta.class_names, gather=gather)
+
+    def evaluate_step(self, model: nn.Module, batch: Any, evaluator: Any) -> None:
+        outputs = [{k: v.to("cpu") for k, v in o.items()} for o in self.predict(model, batch)]
+        targets = [
+            {k: (v.to("cpu") if isinstance(v, torch.Tensor) else v) for k, v in t.items()} for t in batch[1]
+        ]
+        evaluator.process(targets, outputs)
