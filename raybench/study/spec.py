@@ -247,6 +247,7 @@ class ScalingSpec:
     cpus_per_worker: float = field(default=4.0, metadata={"gt": 0})
     max_batch_per_worker: int | None = field(default=None, metadata={"gt": 0})
     max_concurrent_trials: int | None = field(default=None, metadata={"gt": 0})
+    driver_cpus: float = field(default=1.0, metadata={"ge": 0})
 
     def per_worker_batch(self, global_batch: int) -> tuple[int, int]:
         """(micro-batch per worker, gradient-accumulation steps) for a global batch."""

@@ -30,7 +30,10 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--num-cpus", type=int, help="CPUs of a local Ray (default: all)")
     p.add_argument(
-        "--driver-cpus", type=float, default=1.0, help="CPUs reserved for each trial's driver (default 1)"
+        "--driver-cpus",
+        type=float,
+        default=None,
+        help="CPUs reserved for each trial's driver (default: the study's scaling.driver_cpus)",
     )
     p.add_argument(
         "--worker-retries",

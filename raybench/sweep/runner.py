@@ -31,7 +31,7 @@ class SweepOptions:
     num_cpus: int | None = None
     trial_retries: int = 1
     worker_retries: int = 2
-    driver_cpus: float = 1.0
+    driver_cpus: float | None = None  # None: the study's scaling.driver_cpus
 
 
 def connect(options: SweepOptions) -> None:
@@ -105,6 +105,7 @@ def run_study(study: Study, options: SweepOptions) -> dict[str, Any]:
     from ray import tune
 
     trials = study.select(options.only)
+    driver_cpus = study.scaling.driver_cpus if options.driver_cpus is None else options.driver_cpus
     prepare_synthetic(trials)
     layout = ExperimentLayout.create(options.storage, options.experiment or study.name)
     connect(options)
@@ -116,9 +117,9 @@ def run_study(study: Study, options: SweepOptions) -> dict[str, Any]:
     }
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, specs=specs, settings=settings),
-        {"CPU": max(options.driver_cpus, 0.01)},
+        {"CPU": max(driver_cpus, 0.01)},
     )
-    concurrency = max_concurrency(trials, options.driver_cpus, study.scaling.max_concurrent_trials)
+    concurrency = max_concurrency(trials, driver_cpus, study.scaling.max_concurrent_trials)
     resume_cmd = resume_command(study, options, layout)
     print(f"[raybench] experiment {layout.root}: {len(trials)} trials, up to {concurrency} at once")
     print(f"[raybench] resume after any failure with: {resume_cmd}")
