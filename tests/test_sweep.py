@@ -118,6 +118,10 @@ def _grid(study: Path, storage: Path, *extra: str) -> list[str]:
     ]
 
 
+def _run(cmd: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=900)
+
+
 def test_driver_crash_then_resume(tmp_path):
     """SIGKILL the whole driver mid-grid; --resume finishes the grid, does not re-run the
     finished trial, and continues the interrupted one from its checkpoint."""
@@ -160,14 +164,7 @@ def test_driver_crash_then_resume(tmp_path):
     ended_ckpts = checkpoints(ended)
     ended_status = (root / "trials" / ended / "status.json").read_text()
 
-    resumed = subprocess.run(
-        _grid(path, store, "--driver-cpus", "1", "--resume"),
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    resumed = _run(_grid(path, store, "--driver-cpus", "1", "--resume"), env, tmp_path)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     status = read_status(str(root))
     assert {n: s["state"] for n, s in status.items()} == {first: "finished", second: "finished"}
@@ -220,26 +217,13 @@ def test_s3_storage_and_resume_into_an_empty_folder(tmp_path, s3_bucket, moto_en
     first_dir, second_dir = tmp_path / "first", tmp_path / "empty"
     first_dir.mkdir()
     second_dir.mkdir()
-    first = subprocess.run(
-        _grid(path, storage, "--driver-cpus", "0", "--worker-retries", "0", "--trial-retries", "0"),
-        env=env | {FAULT_ENV: f"{trial.name}@5"},
-        cwd=first_dir,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    no_retries = ("--driver-cpus", "0", "--worker-retries", "0", "--trial-retries", "0")
+    first = _run(_grid(path, storage, *no_retries), env | {FAULT_ENV: f"{trial.name}@5"}, first_dir)
     assert first.returncode != 0  # the trial failed (no retries allowed)
     root = f"{storage}/tiny"
     assert read_status(root)[trial.name]["state"] == "failed"
 
-    second = subprocess.run(
-        _grid(path, storage, "--driver-cpus", "0", "--resume"),
-        env=env,
-        cwd=second_dir,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    second = _run(_grid(path, storage, "--driver-cpus", "0", "--resume"), env, second_dir)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert list(second_dir.iterdir()) == []  # nothing needed (or left) locally
     assert read_status(root)[trial.name]["state"] == "finished"
