@@ -14,7 +14,10 @@ the Detectron2 R-CNN FPN layout — and the configuration from the study:
   Predictions come back in the input image's pixel frame (torchvision's post-processing).
 - anchors: one size per level (``anchor_sizes``), every level with ``aspect_ratios``;
 - RPN / ROI sampling and test-time limits from :class:`~raybench.study.spec.DetectorOptions`;
-- classes: the dataset's K foreground classes + background (index 0).
+- classes: the dataset's K foreground classes + background (index 0);
+- heads: torchvision's defaults (RPN: one 3x3 conv; box: two 1024-d FC; mask: four 3x3
+  convs + deconv), except that the mask head is as wide as the FPN (``fpn_channels``,
+  256 by default, as Detectron2) so that a narrow smoke-test FPN gets a narrow mask head.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from torch import nn
 from torchvision.models.detection import FasterRCNN, MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
 
@@ -117,8 +121,16 @@ def build_detector(
         "box_score_thresh": options.box_score_thresh,
     }
     fpn_backbone = FPNBackbone(backbone, options.fpn_channels)
-    cls = FasterRCNN if kind == "faster_rcnn" else MaskRCNN
-    model = cls(fpn_backbone, **kwargs)
+    if kind == "faster_rcnn":
+        model = FasterRCNN(fpn_backbone, **kwargs)
+    else:
+        model = MaskRCNN(fpn_backbone, **kwargs)
+        # Mask head: 4 convs + deconv, as wide as the FPN (256 = Detectron2's CONV_DIM in
+        # the paper recipe; torchvision would fix 256 even for a narrow smoke-test FPN).
+        width = options.fpn_channels
+        if width != 256:
+            model.roi_heads.mask_head = MaskRCNNHeads(width, (width,) * 4, 1)
+            model.roi_heads.mask_predictor = MaskRCNNPredictor(width, width, num_classes + 1)
     mean = (backbone.mean.flatten() / 255.0).tolist()
     std = (backbone.std.flatten() / 255.0).tolist()
     model.transform = DetectorTransform(
