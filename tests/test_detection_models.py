@@ -9,7 +9,7 @@ import torch
 
 from raybench.recipes import build_optimizer, build_scheduler
 from raybench.study import load_study
-from raybench.tasks import DatasetMeta, build_task, list_tasks
+from raybench.tasks import DatasetMeta, build_task, list_tasks, task_class
 from raybench.tasks.detection import DetectionTask
 
 DECODER_TRIAL = {"faster_rcnn": "gdxray", "mask_rcnn": "rareplanes"}
@@ -39,6 +39,10 @@ def _batch(masks: bool) -> tuple[list[torch.Tensor], list[dict]]:
 
 def test_registry_serves_both_detectors():
     assert {"faster_rcnn", "mask_rcnn"} <= set(list_tasks())
+    with pytest.raises(
+        ValueError, match="no task is registered for decoder 'nope'; known decoders: .*faster_rcnn"
+    ):
+        task_class("nope")
 
 
 @pytest.mark.parametrize("decoder", ["faster_rcnn", "mask_rcnn"])

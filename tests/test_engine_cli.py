@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import shutil
 
+import pytest
+
 from raybench.cli import build_parser, main
 from raybench.engine import read_metrics
 
 TRIAL = "gdxray-convnext_t-supervised-full-s42"
 
 
+# The smoke data has only some of the paper's GDXray validation series (the loader warns).
+@pytest.mark.filterwarnings("ignore:gdxray")
 def test_train_command_writes_metrics_and_checkpoints(repo_root, tmp_path, capsys):
     # A copy of the smoke study: its relative data roots then point into tmp_path.
     study = tmp_path / "experiments" / "smoke.yaml"

@@ -4,8 +4,8 @@ Setting: two 64x64 images with disk (class 1) and square (class 2) blobs on a ba
 each class with its own colour plus noise; a fixed random conv extractor gives 4 feature levels
 (strides 4..32, 32 channels); the head (hidden 64, 16 queries, 2 encoder layers, 3 decoder predictions,
 1024 points) trains 80 AdamW steps (lr 1e-3) with the full loss. Threshold: training mIoU >= 95 %
-(observed 98.0-98.4 % over five initialisation seeds; 98.2-98.6 % after 150 steps), starting below 60 %. Everything is
-seeded, so the outcome is deterministic on a given machine.
+(observed 98.0-98.4 % over five initialisation seeds; 98.2-98.6 % after 150 steps), starting
+below 60 %. Everything is seeded, so the outcome is deterministic on a given machine.
 """
 
 from __future__ import annotations

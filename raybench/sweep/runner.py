@@ -13,6 +13,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
+from raybench.results.store import ray_storage
 from raybench.study import Study, TrialSpec
 from raybench.sweep.layout import ExperimentLayout, is_uri
 from raybench.sweep.trainable import TRIAL_KEY, dumps_specs, forwarded_env, run_trial
@@ -125,10 +126,13 @@ def run_study(study: Study, options: SweepOptions) -> dict[str, Any]:
     print(f"[raybench] resume after any failure with: {resume_cmd}")
     sys.stdout.flush()
 
-    if options.resume and tune.Tuner.can_restore(layout.root):
+    storage_path, storage_fs = ray_storage(layout.storage)
+    root_path, _ = ray_storage(layout.root)
+    if options.resume and tune.Tuner.can_restore(root_path, storage_filesystem=storage_fs):
         tuner = tune.Tuner.restore(
-            layout.root,
+            root_path,
             trainable=trainable,
+            storage_filesystem=storage_fs,
             resume_unfinished=True,
             resume_errored=not options.restart_errored,
             restart_errored=options.restart_errored,
@@ -146,7 +150,8 @@ def run_study(study: Study, options: SweepOptions) -> dict[str, Any]:
             ),
             run_config=tune.RunConfig(
                 name=layout.name,
-                storage_path=layout.storage,
+                storage_path=storage_path,
+                storage_filesystem=storage_fs,
                 failure_config=tune.FailureConfig(max_failures=options.trial_retries),
                 verbose=1,
             ),

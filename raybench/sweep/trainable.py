@@ -199,7 +199,7 @@ def run_trial(config: dict[str, Any], specs: dict[str, str], settings: dict[str,
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from raybench.results.store import read_status_of
+    from raybench.results.store import ray_storage, read_status_of
 
     name = config[TRIAL_KEY]
     trial = TrialSpec.from_json(specs[name])
@@ -211,6 +211,7 @@ def run_trial(config: dict[str, Any], specs: dict[str, str], settings: dict[str,
         tune.report(dict(status.get("final", {})) | {"already_finished": 1.0})
         return
     s = trial.scaling
+    storage_path, storage_fs = ray_storage(layout.train_storage)
     per_worker = {"CPU": float(s.cpus_per_worker)}
     if s.use_gpu:
         per_worker["GPU"] = float(s.gpus_per_worker)
@@ -227,7 +228,8 @@ def run_trial(config: dict[str, Any], specs: dict[str, str], settings: dict[str,
         ),
         run_config=ray.train.RunConfig(
             name=name,
-            storage_path=layout.train_storage,
+            storage_path=storage_path,
+            storage_filesystem=storage_fs,
             failure_config=ray.train.FailureConfig(max_failures=int(settings.get("worker_retries", 2))),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             callbacks=[TuneReportCallback()],

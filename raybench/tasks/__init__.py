@@ -26,6 +26,8 @@ from raybench.tasks.base import DatasetMeta, Evaluator, Gather, Task, Transform,
 
 _REGISTRY: dict[str, type[Task]] = {}
 _LOADED = False
+#: Task modules that failed to import (a broken task must not take the others down).
+_FAILED: dict[str, BaseException] = {}
 
 
 def register_task(*decoders: str) -> Callable[[type[Task]], type[Task]]:
@@ -51,7 +53,10 @@ def _load_builtin() -> None:
     _LOADED = True
     for info in pkgutil.iter_modules(__path__):
         if info.name != "base":
-            importlib.import_module(f"{__name__}.{info.name}")
+            try:
+                importlib.import_module(f"{__name__}.{info.name}")
+            except Exception as exc:  # reported when one of its decoders is asked for
+                _FAILED[f"{__name__}.{info.name}"] = exc
 
 
 def list_tasks() -> list[str]:
@@ -67,7 +72,10 @@ def task_class(decoder: str) -> type[Task]:
         return _REGISTRY[decoder]
     except KeyError:
         known = ", ".join(sorted(_REGISTRY)) or "none"
-        raise ValueError(f"no task is registered for decoder {decoder!r}; known decoders: {known}") from None
+        failed = "".join(f"; {m} failed to import: {type(e).__name__}: {e}" for m, e in _FAILED.items())
+        raise ValueError(
+            f"no task is registered for decoder {decoder!r}; known decoders: {known}{failed}"
+        ) from next(iter(_FAILED.values()), None)
 
 
 def build_task(trial: TrialSpec) -> Task:

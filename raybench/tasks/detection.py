@@ -63,7 +63,11 @@ class DetectionTask(Task):
         return CocoEvaluator(self.iou_types, meta.class_names, gather=gather)
 
     def evaluate_step(self, model: nn.Module, batch: Any, evaluator: Any) -> None:
-        outputs = [{k: v.to("cpu") for k, v in o.items()} for o in self.predict(model, batch)]
+        outputs = self.predict(model, batch)
+        for o in outputs:
+            if "masks" in o:  # threshold on the device: 1 byte per pixel to move, not 4
+                o["masks"] = o["masks"] > evaluator.mask_threshold
+        outputs = [{k: v.to("cpu") for k, v in o.items()} for o in outputs]
         targets = [
             {k: (v.to("cpu") if isinstance(v, torch.Tensor) else v) for k, v in t.items()} for t in batch[1]
         ]

@@ -90,7 +90,13 @@ class Mask2FormerCriterion(nn.Module):
         """
         device = outputs["pred_logits"].device
         num_masks = _num_masks(targets, device)
-        target_masks = self._padded_target_masks(targets, device)
+        # Float masks once for all predictions; the matcher reads them unpadded (as transformers'
+        # matcher does), the mask losses padded to the batch's largest size (as both references do).
+        targets = [
+            {"labels": t["labels"].to(device), "masks": t["masks"].to(device=device, dtype=torch.float32)}
+            for t in targets
+        ]
+        target_masks = self._padded_target_masks(targets)
         predictions = [outputs, *outputs.get("aux_outputs", [])]
         losses: dict[str, Tensor] = {}
         sampled: list[_SampledPoints] = []
@@ -121,17 +127,17 @@ class Mask2FormerCriterion(nn.Module):
         device = pred_logits.device
         target_classes = torch.full((batch, num_queries), self.num_classes, dtype=torch.int64, device=device)
         for b, (src, tgt) in enumerate(indices):
-            target_classes[b, src.to(device)] = targets[b]["labels"][tgt].to(device)
+            target_classes[b, src.to(device)] = targets[b]["labels"][tgt.to(device)]
         return F.cross_entropy(pred_logits.float().transpose(1, 2), target_classes, self.empty_weight)
 
     @staticmethod
-    def _padded_target_masks(targets: Sequence[dict[str, Tensor]], device: torch.device) -> list[Tensor]:
-        """Target masks as float, zero-padded to the largest size in the batch (like the reference)."""
+    def _padded_target_masks(targets: Sequence[dict[str, Tensor]]) -> list[Tensor]:
+        """Target masks zero-padded to the largest size in the batch (like the reference)."""
         height = max(int(t["masks"].shape[-2]) for t in targets)
         width = max(int(t["masks"].shape[-1]) for t in targets)
         padded = []
         for t in targets:
-            m = t["masks"].to(device=device, dtype=torch.float32)
+            m = t["masks"]
             if m.shape[-2:] != (height, width):
                 m = F.pad(m, (0, width - m.shape[-1], 0, height - m.shape[-2]))
             padded.append(m)
