@@ -5,9 +5,9 @@ run standalone (``raybench.engine.train`` in this process, one after the other).
 Prints a table, then as its last line one JSON object:
 ``{"trials": N, "standalone_s": .., "ray_s": .., "ratio": .., "launch_s_mean": .., ...}``.
 
-``ratio`` = Ray wall time / standalone wall time for the same trials, with the same
-concurrency (1 trial at a time, 1 CPU per worker) so that it measures overhead, not
-parallelism. ``launch_s`` = from a trial's driver starting to its train worker running
+``ratio`` = Ray wall time (after Ray itself started) / standalone wall time for the same trials,
+with the same concurrency (1 trial at a time, 1 CPU per worker) so that it measures overhead,
+not parallelism. ``launch_s`` = from a trial's driver starting to its train worker running
 (Ray Train controller + worker group start), read from each trial's status.json.
 
 Usage: python benchmarks/sweep_overhead.py [--trials gdxray-*] [--iterations 6]
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import sys
@@ -46,7 +47,7 @@ def main() -> int:
     from raybench.results.store import read_status
     from raybench.study import load_study
     from raybench.sweep import SweepOptions, run_study
-    from raybench.sweep.runner import prepare_synthetic
+    from raybench.sweep.runner import connect, prepare_synthetic
 
     study = load_study(args.study)
     trials = study.select(args.trials)
@@ -78,23 +79,36 @@ def main() -> int:
     standalone_s = time.perf_counter() - t_all
 
     # Through Ray: 1 driver CPU + 1 worker CPU on a 2-CPU local Ray = one trial at a time.
+    options = SweepOptions(storage=str(work / "ray"), num_cpus=2, driver_cpus=1.0, only=args.trials)
     t0 = time.perf_counter()
-    summary = run_study(
-        study, SweepOptions(storage=str(work / "ray"), num_cpus=2, driver_cpus=1.0, only=args.trials)
-    )
+    connect(options)
+    ray_start_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    summary = run_study(study, options)
     ray_s = time.perf_counter() - t0
     failed = [n for n, s in summary.items() if s["error"]]
     status = read_status(str(work / "ray" / study.name))
-    launch = {n: float(s.get("launch_s", float("nan"))) for n, s in status.items()}
+
+    def column(key: str) -> dict[str, float]:
+        return {n: float(s.get(key, float("nan"))) for n, s in status.items()}
+
+    launch, engine = column("launch_s"), column("engine_s")
+    wandb_s = {n: column("wandb_start_s")[n] + column("wandb_finish_s")[n] for n in status}
 
     print()
-    print(f"{'trial':48s} {'standalone s':>12s} {'launch s':>9s}")
+    print(f"{'trial':44s} {'standalone s':>12s} {'launch s':>9s} {'W&B s':>6s} {'engine s':>9s}")
     for name in sorted(standalone):
-        print(f"{name:48s} {standalone[name]:12.1f} {launch.get(name, float('nan')):9.1f}")
+        print(
+            f"{name:44s} {standalone[name]:12.1f} {launch.get(name, math.nan):9.1f} "
+            f"{wandb_s.get(name, math.nan):6.1f} {engine.get(name, math.nan):9.1f}"
+        )
     ratio = ray_s / standalone_s
+    other = ray_s - sum(launch.values()) - sum(wandb_s.values()) - sum(engine.values())
     print(
-        f"\n{len(trials)} trials: standalone {standalone_s:.1f} s, Ray Tune + Train {ray_s:.1f} s "
-        f"(includes starting Ray), ratio {ratio:.2f}; failed: {failed or 'none'}"
+        f"\n{len(trials)} trials: standalone {standalone_s:.1f} s; Ray Tune + Train {ray_s:.1f} s "
+        f"(Ray started before, in {ray_start_s:.1f} s): ratio {ratio:.2f}; failed: {failed or 'none'}\n"
+        f"Ray time = launch {sum(launch.values()):.1f} + W&B {sum(wandb_s.values()):.1f} "
+        f"+ engine {sum(engine.values()):.1f} + rest {other:.1f} s (Tune trial start/stop, status, teardown)"
     )
     print(
         json.dumps(
@@ -104,6 +118,10 @@ def main() -> int:
                 "standalone_s": round(standalone_s, 2),
                 "ray_s": round(ray_s, 2),
                 "ratio": round(ratio, 3),
+                "ray_start_s": round(ray_start_s, 2),
+                "engine_s": round(sum(engine.values()), 2),
+                "wandb_s": round(sum(wandb_s.values()), 2),
+                "rest_s": round(other, 2),
                 "launch_s_mean": round(statistics.mean(launch.values()), 2) if launch else None,
                 "launch_s_max": round(max(launch.values()), 2) if launch else None,
                 "cpus": os.cpu_count(),

@@ -15,6 +15,7 @@ memory is per configuration.
 Prints a table, then as its last line one JSON object with every figure.
 Usage: python benchmarks/train_step.py [--decoders faster_rcnn,mask_rcnn,mask2former]
        [--backbones resnet50_gn,convnext_t] [--regimes frozen,full] [--steps 5] [--batch N]
+       [--compile]
 """
 
 from __future__ import annotations
@@ -94,19 +95,25 @@ def _batch(decoder: str, meta, n: int, h: int, w: int, device):
     return items
 
 
-def run_one(decoder: str, arch: str, regime: str, steps: int, batch: int | None, size: int) -> dict:
+def run_one(
+    decoder: str,
+    arch: str,
+    regime: str,
+    steps: int,
+    batch: int | None,
+    size: int,
+    compile_backbone: bool = False,
+) -> dict:
     """One configuration, in this process."""
     import torch
 
+    from raybench.engine.accel import configure_backends, prepare_model
     from raybench.recipes import build_optimizer
     from raybench.tasks import DatasetMeta, build_task
 
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
-    if cuda:
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    configure_backends(device)  # the engine's own settings: cudnn.benchmark, TF32
     h, w = GPU_SIZE[decoder] if cuda else (size, size)
     n = batch or (16 if cuda and decoder == "mask2former" else 8 if cuda else 2)
     trial = _trial(decoder, arch, regime)
@@ -128,9 +135,9 @@ def run_one(decoder: str, arch: str, regime: str, steps: int, batch: int | None,
         task=trial.task, num_classes=num_classes, class_names=tuple(f"c{i}" for i in range(num_classes))
     )
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    model = task.build_model(meta).to(device)
-    if cuda:
-        model = model.to(memory_format=torch.channels_last)
+    model = task.build_model(meta)
+    targets = task.compile_targets(model) if compile_backbone else []
+    model = prepare_model(model, device, channels_last=True, compile_modules=targets)
     model.train()
     optimizer = build_optimizer(model, trial.recipe.optimizer, backbone=task.backbone(model))
     batch_items = _batch(decoder, meta, n, h, w, device)
@@ -165,6 +172,7 @@ def run_one(decoder: str, arch: str, regime: str, steps: int, batch: int | None,
         "batch": n,
         "step_s": round(median, 4),
         "imgs_per_s": round(n / median, 2),
+        "compiled": compile_backbone,
     }
     if cuda:
         out["peak_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
@@ -191,11 +199,13 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=None)
     parser.add_argument("--cpu-size", type=int, default=256, help="square image size on CPU")
     parser.add_argument("--peak-tflops", type=float, default=None, help="GPU bf16 dense peak for MFU")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the backbone (recipe.compile)")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one config, print JSON
     args = parser.parse_args()
     if args.one:
         decoder, arch, regime = args.one.split(":")
-        print("RESULT " + json.dumps(run_one(decoder, arch, regime, args.steps, args.batch, args.cpu_size)))
+        result = run_one(decoder, arch, regime, args.steps, args.batch, args.cpu_size, args.compile)
+        print("RESULT " + json.dumps(result))
         return 0
 
     rows = []
@@ -216,6 +226,8 @@ def main() -> int:
                 ]
                 if args.batch:
                     cmd += ["--batch", str(args.batch)]
+                if args.compile:
+                    cmd.append("--compile")
                 proc = subprocess.run(cmd, capture_output=True, text=True)
                 line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
                 if line is None:

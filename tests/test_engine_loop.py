@@ -255,11 +255,23 @@ def test_should_stop_checkpoints_and_resume_continues(repo_root, tmp_path):
         def should_stop(self) -> bool:
             return self.seen >= 2
 
-    trial = toy_trial(repo_root)
+    trial = toy_trial(repo_root, sync_period=1)  # a stop is honoured at the next sync point
     straight = train(trial, tmp_path / "a", datasets=toy_data(), verbose=False)
     stopped = train(trial, tmp_path / "b", datasets=toy_data(), reporter=StopAt(), verbose=False)
     assert stopped["iter"] == 3 and latest_checkpoint(tmp_path / "b").name == "iter_0000003"
     assert train(trial, tmp_path / "b", datasets=toy_data(), verbose=False) == straight
+
+
+def test_deferred_loss_readback_changes_nothing(repo_root, tmp_path):
+    """Losses read back every iteration or every 3 (hot loop without host syncs): the same
+    logged metrics and the same weights, bit for bit."""
+    every = train(toy_trial(repo_root, sync_period=1), tmp_path / "a", datasets=toy_data(), verbose=False)
+    deferred = train(toy_trial(repo_root, sync_period=3), tmp_path / "b", datasets=toy_data(), verbose=False)
+    assert every == deferred
+    assert _equal_records(_records(tmp_path / "a"), _records(tmp_path / "b"))
+    assert len(_records(tmp_path / "a")) == 4  # log_period 2 over 8 iterations
+    wa, wb = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
 def test_resume_refuses_another_trial(repo_root, tmp_path):
@@ -301,6 +313,16 @@ def test_non_finite_loss_names_iteration_and_term(repo_root, tmp_path, monkeypat
     with pytest.raises(NonFiniteLossError, match=r"iteration 3: loss_l1 = nan") as info:
         train(toy_trial(repo_root), tmp_path, datasets=toy_data(), verbose=False)
     assert info.value.iteration == 3 and info.value.term == "loss_l1"
+
+
+def test_non_finite_loss_found_exactly_when_read_back_late(repo_root, tmp_path, monkeypatch):
+    """Losses read back only every 8 iterations: the error still names iteration 3, and no
+    checkpoint is written after the NaN (the checkpoint at 4 waits for the read-back)."""
+    monkeypatch.setattr(ToyTask, "nan_at_step", 3)
+    trial = toy_trial(repo_root, sync_period=8, log_period=8, eval_period=8)
+    with pytest.raises(NonFiniteLossError, match=r"iteration 3: loss_l1 = nan"):
+        train(trial, tmp_path, datasets=toy_data(), verbose=False)
+    assert latest_checkpoint(tmp_path) is None
 
 
 def test_synthetic_root_written_once_under_a_race(repo_root, tmp_path):

@@ -4,9 +4,10 @@
 sweep calls the same function inside each Ray Train worker.
 """
 
+from raybench.engine.accel import NonFiniteLossError
 from raybench.engine.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 from raybench.engine.distributed import World
-from raybench.engine.loop import METRICS_FILE, NonFiniteLossError, build_datasets, evaluate, train
+from raybench.engine.loop import METRICS_FILE, build_datasets, evaluate, train
 from raybench.engine.reporting import ConsoleReporter, JsonlReporter, MultiReporter, Reporter, read_metrics
 
 __all__ = [

@@ -28,6 +28,12 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
+from raybench.engine.accel import (
+    LossBuffer,
+    configure_backends,
+    loader_options,
+    prepare_model,
+)
 from raybench.engine.checkpoint import (
     CHECKPOINT_DIR,
     FORMAT,
@@ -52,7 +58,6 @@ from raybench.engine.distributed import (
     any_worker,
     gather_objects,
     is_distributed,
-    mean_across_workers,
 )
 from raybench.engine.reporting import ConsoleReporter, JsonlReporter, MultiReporter, Reporter, should_stop
 from raybench.recipes import build_optimizer, build_scheduler, clip_gradients, lr_factor
@@ -62,15 +67,6 @@ from raybench.tasks import DatasetMeta, Task, build_task
 METRICS_FILE = "metrics.jsonl"
 #: Checkpoints kept on disk (the newest ones); Ray keeps its own copies.
 KEEP_CHECKPOINTS = 2
-
-
-class NonFiniteLossError(FloatingPointError):
-    """A loss term became NaN or infinite: training stops instead of corrupting the weights."""
-
-    def __init__(self, iteration: int, term: str, value: float, losses: Mapping[str, float]) -> None:
-        self.iteration, self.term, self.value = iteration, term, value
-        others = ", ".join(f"{k}={v:.4g}" for k, v in losses.items())
-        super().__init__(f"non-finite loss at iteration {iteration}: {term} = {value} (all terms: {others})")
 
 
 class _Meters:
@@ -220,7 +216,10 @@ def train(
     else:
         train_set, val_set = build_datasets(trial)
     meta = DatasetMeta.of(train_set)
-    model = task.build_model(meta).to(device)
+    configure_backends(device)
+    model = task.build_model(meta)
+    compiled = task.compile_targets(model) if recipe.compile else []
+    model = prepare_model(model, device, channels_last=recipe.channels_last, compile_modules=compiled)
     optimizer = build_optimizer(model, recipe.optimizer, backbone=task.backbone(model))
     scheduler = build_scheduler(optimizer, schedule)
     factor = lr_factor(schedule)
@@ -290,26 +289,23 @@ def train(
             find_unused_parameters=task.ddp_find_unused_parameters,
         )
 
-    pin = device.type == "cuda"
     generator = torch.Generator()
     train_loader = DataLoader(
         SeededItems(train_set, task.transforms("train", generator), generator, trial.seed),
         batch_sampler=StreamBatchSampler(stream, start, total, world.rank, world.size, accum),
         collate_fn=task.collate,
-        num_workers=recipe.loader_workers,
         worker_init_fn=seed_worker,
         generator=torch.Generator().manual_seed(_derived_seed(trial.seed, world.rank, start)),
-        pin_memory=pin,
+        **loader_options(recipe.loader_workers, device),
     )
     val_loader = DataLoader(
         Shard(val_set, world.rank, world.size, task.transforms("val", torch.Generator())),
         batch_size=micro,
         shuffle=False,
         collate_fn=task.collate,
-        num_workers=recipe.loader_workers,
         worker_init_fn=seed_worker,
         generator=torch.Generator().manual_seed(trial.seed),
-        pin_memory=pin,
+        **loader_options(recipe.loader_workers, device),
     )
 
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -320,35 +316,38 @@ def train(
         f"iterations {start}..{total}"
     )
 
+    log(
+        f"{'compiled ' + ', '.join(type(m).__name__ for m in compiled) + '; ' if compiled else ''}"
+        f"{'channels_last; ' if recipe.channels_last and device.type == 'cuda' else ''}"
+        f"{'AMP ' + str(amp_dtype).removeprefix('torch.') + '; ' if amp else ''}"
+        f"losses read back every {recipe.sync_period} iteration(s)"
+    )
+
     data_iter = iter(train_loader)
     window_start, window_iters = time.perf_counter(), 0
     done = start
+    pending = LossBuffer(recipe.sync_period)
     for it in range(start, total):
         net.train()
         lr_now = recipe.optimizer.lr * factor(it)
         optimizer.zero_grad(set_to_none=True)
-        iter_losses: dict[str, float] = {}
+        terms: torch.Tensor | None = None  # this iteration's loss terms, weighted, on the device
         for m in range(accum):
             batch = next(data_iter)
             n = task.batch_size(batch)
             batch = task.to_device(batch, device)
             last = m == accum - 1
             no_sync = net.no_sync() if isinstance(net, DistributedDataParallel) and not last else None
+            # This micro-batch's share of the global batch; x world size because
+            # DistributedDataParallel averages gradients over the workers.
+            share = n * world.size / global_batch
             with no_sync or contextlib.nullcontext():
                 with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp):
                     losses = task.train_step(net, batch)
-                values = torch.stack([v.detach().float() for v in losses.values()]).cpu()
-                if not bool(torch.isfinite(values).all()):
-                    named = dict(zip(losses, values.tolist()))
-                    term = next(k for k, v in named.items() if not math.isfinite(v))
-                    raise NonFiniteLossError(it + 1, term, named[term], named)
-                # Mean over the global batch: this micro-batch's share of it, x world size
-                # because DistributedDataParallel averages gradients over the workers.
-                loss = sum(losses.values()) * (n * world.size / global_batch)
+                loss = sum(losses.values()) * share
                 (scaler.scale(loss) if scaler is not None else loss).backward()
-            share = n * world.size / global_batch
-            for k, v in zip(losses, values.tolist()):
-                iter_losses[k] = iter_losses.get(k, 0.0) + v * share
+            values = torch.stack([v.detach().to(torch.float64) for v in losses.values()]) * share
+            terms = values if terms is None else terms + values
         if scaler is not None:
             scaler.unscale_(optimizer)
         clip_gradients(trainable, recipe.clip_grad)
@@ -358,13 +357,19 @@ def train(
         else:
             optimizer.step()
         scheduler.step()
-
-        names = list(iter_losses)
-        reduced = mean_across_workers(torch.tensor([iter_losses[k] for k in names], dtype=torch.float64))
-        meters.add(dict(zip(names, reduced.tolist())))
         done, window_iters = it + 1, window_iters + 1
 
         final = done == total
+        boundary = done % recipe.log_period == 0 or done % recipe.eval_period == 0
+        boundary = boundary or done % recipe.checkpoint_period == 0 or final
+        for _, named in pending.add(done, list(losses), terms):
+            meters.add(named)
+        if not (boundary or pending.due):
+            continue
+        # A sync point: read the losses back (a NaN stops here, before any checkpoint) and
+        # agree with the other workers on whether to stop.
+        for _, named in pending.flush():
+            meters.add(named)
         stop = any_worker(should_stop(reporter), device)
         do_log = done % recipe.log_period == 0 or final or stop
         do_eval = done % recipe.eval_period == 0 or final

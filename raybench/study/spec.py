@@ -172,6 +172,11 @@ class RecipeSpec:
     checkpoint_period: int = field(default=1000, metadata={"gt": 0})
     log_period: int = field(default=20, metadata={"gt": 0})
     loader_workers: int = field(default=4, metadata={"ge": 0})
+    #: read the loss terms back to the host (and check them for NaN) every this many iterations
+    sync_period: int = field(default=20, metadata={"gt": 0})
+    #: on CUDA: convolution weights in the channels-last (NHWC) layout
+    channels_last: bool = True
+    #: ``torch.compile`` the task's compile targets (the backbone) in place
     compile: bool = False
     model: dict[str, Any] = field(default_factory=dict)
     by_backbone: dict[str, dict[str, Any]] = field(default_factory=dict)

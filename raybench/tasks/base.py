@@ -88,6 +88,12 @@ class Task:
         """The pretrained part of ``model`` (gets ``backbone_lr_mult`` and layer decay)."""
         return getattr(model, "backbone", None)
 
+    def compile_targets(self, model: nn.Module) -> list[nn.Module]:
+        """What ``recipe.compile`` compiles: the backbone (dense, fixed-shape convolutions, where
+        compilation pays off; detection heads have data-dependent shapes)."""
+        backbone = self.backbone(model)
+        return [backbone] if backbone is not None else []
+
     # --- data -----------------------------------------------------------------------------
     def transforms(self, split: str, generator: torch.Generator) -> Transform | None:
         """The data pipeline of ``split``; all randomness must come from ``generator``

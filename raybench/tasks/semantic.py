@@ -120,7 +120,11 @@ class SemanticEvaluator:
             else:
                 h, w = batch.sizes[i]
                 gt = batch.sem_seg[i, :h, :w]
-            self.semseg.process(pred["sem_seg"].cpu(), gt.cpu())
+            sem = pred["sem_seg"]
+            if self.semseg.confusion.device != sem.device:
+                # Count on the predictions' device: no per-image copy to the host, one at the end.
+                self.semseg.confusion = self.semseg.confusion.to(sem.device)
+            self.semseg.process(sem, gt)
 
     def evaluate(self) -> dict[str, float]:
         merged = self._new()
