@@ -1,0 +1,95 @@
+"""The engine's fast paths: deferred loss read-back, model preparation, loader options."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from raybench.engine.accel import (
+    LossBuffer,
+    NonFiniteLossError,
+    configure_backends,
+    is_compiled,
+    loader_options,
+    prepare_model,
+)
+from raybench.recipes import build_optimizer
+from raybench.study.spec import OptimizerSpec
+
+
+def test_loss_buffer_reads_back_in_order_once_due():
+    buf = LossBuffer(3)
+    names = ["a", "b"]
+    assert buf.add(1, names, torch.tensor([1.0, 2.0])) == []
+    assert buf.add(2, names, torch.tensor([3.0, 4.0])) == []
+    assert not buf.due
+    buf.add(3, names, torch.tensor([5.0, 6.0]))
+    assert buf.due and len(buf) == 3
+    assert buf.flush() == [(1, {"a": 1.0, "b": 2.0}), (2, {"a": 3.0, "b": 4.0}), (3, {"a": 5.0, "b": 6.0})]
+    assert len(buf) == 0 and buf.flush() == []
+
+
+def test_loss_buffer_flushes_when_the_terms_change():
+    buf = LossBuffer(10)
+    buf.add(1, ["a"], torch.tensor([1.0]))
+    # A different set of terms cannot be stacked with the pending rows: they are read back first.
+    assert buf.add(2, ["a", "b"], torch.tensor([2.0, 3.0])) == [(1, {"a": 1.0})]
+    assert buf.flush() == [(2, {"a": 2.0, "b": 3.0})]
+
+
+def test_loss_buffer_names_the_first_non_finite_iteration_and_term():
+    buf = LossBuffer(5)
+    buf.add(7, ["a", "b"], torch.tensor([1.0, 1.0]))
+    buf.add(8, ["a", "b"], torch.tensor([1.0, math.inf]))
+    buf.add(9, ["a", "b"], torch.tensor([math.nan, math.nan]))
+    with pytest.raises(NonFiniteLossError, match=r"iteration 8: b = inf") as info:
+        buf.flush()
+    assert (info.value.iteration, info.value.term) == (8, "b")
+    with pytest.raises(ValueError, match="sync period must be >= 1"):
+        LossBuffer(0)
+
+
+class _Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.backbone = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3))
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x).mean((2, 3)))
+
+
+def test_prepare_model_on_cpu_changes_no_layout_and_compiles_in_place():
+    torch.manual_seed(0)
+    eager = _Net()
+    net = _Net()
+    net.load_state_dict(eager.state_dict())
+    keys = list(net.state_dict())
+    configure_backends(torch.device("cpu"))  # a no-op on CPU: bitwise CPU results stay
+    out = prepare_model(net, torch.device("cpu"), channels_last=True, compile_modules=[net.backbone])
+    assert out is net and list(net.state_dict()) == keys  # checkpoints look the same compiled or not
+    assert net.backbone[0].weight.is_contiguous()  # channels_last is for CUDA only
+    assert is_compiled(net.backbone) and not is_compiled(net.head)
+    x = torch.randn(2, 3, 16, 16)
+    torch.testing.assert_close(net(x), eager(x), rtol=1e-4, atol=1e-5)
+
+
+def test_loader_options():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert loader_options(0, cpu) == {"num_workers": 0, "pin_memory": False}
+    assert loader_options(6, cuda) == {
+        "num_workers": 6,
+        "pin_memory": True,
+        "persistent_workers": True,
+        "prefetch_factor": 4,
+    }
+
+
+def test_cpu_optimizers_keep_the_default_implementation():
+    net = _Net()
+    for spec in (OptimizerSpec(name="adamw", lr=1e-3), OptimizerSpec(name="sgd", lr=0.1)):
+        opt = build_optimizer(net, spec)
+        assert not opt.defaults.get("fused")  # fused kernels only when every parameter is on CUDA
