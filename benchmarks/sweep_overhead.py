@@ -103,12 +103,16 @@ def main() -> int:
             f"{wandb_s.get(name, math.nan):6.1f} {engine.get(name, math.nan):9.1f}"
         )
     ratio = ray_s / standalone_s
+    # Fixed cost of a trial through Ray: a trial that runs T seconds standalone takes about
+    # T + overhead through Ray, so the ratio is about 1 + overhead / T.
+    overhead = (ray_s - standalone_s) / max(1, len(trials))
     other = ray_s - sum(launch.values()) - sum(wandb_s.values()) - sum(engine.values())
     print(
         f"\n{len(trials)} trials: standalone {standalone_s:.1f} s; Ray Tune + Train {ray_s:.1f} s "
         f"(Ray started before, in {ray_start_s:.1f} s): ratio {ratio:.2f}; failed: {failed or 'none'}\n"
         f"Ray time = launch {sum(launch.values()):.1f} + W&B {sum(wandb_s.values()):.1f} "
-        f"+ engine {sum(engine.values()):.1f} + rest {other:.1f} s (Tune trial start/stop, status, teardown)"
+        f"+ engine {sum(engine.values()):.1f} + rest {other:.1f} s (Tune trial start/stop, teardown)\n"
+        f"fixed overhead per trial {overhead:.1f} s: ratio <= 1.3 for trials of >= {overhead / 0.3:.0f} s"
     )
     print(
         json.dumps(
@@ -119,6 +123,7 @@ def main() -> int:
                 "ray_s": round(ray_s, 2),
                 "ratio": round(ratio, 3),
                 "ray_start_s": round(ray_start_s, 2),
+                "overhead_per_trial_s": round(overhead, 2),
                 "engine_s": round(sum(engine.values()), 2),
                 "wandb_s": round(sum(wandb_s.values()), 2),
                 "rest_s": round(other, 2),

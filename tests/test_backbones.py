@@ -88,6 +88,9 @@ def test_frozen_regime_leaves_backbone_bit_identical(bspec):
     assert all(not p.requires_grad for p in model.backbone.parameters())
     assert all(p.grad is None for p in model.backbone.parameters())
     assert not torch.equal(dec_before, model.decoder.weight)  # the decoder did learn
+    # No autograd graph through a frozen backbone, even for an input that asks for one.
+    x = model.backbone.normalize(torch.randint(0, 256, (1, 3, 64, 64), dtype=torch.uint8)).requires_grad_()
+    assert all(f.grad_fn is None and not f.requires_grad for f in model.backbone(x))
 
 
 def test_full_regime_trains_the_backbone():

@@ -145,6 +145,7 @@ def run_study(study: Study, options: SweepOptions) -> dict[str, Any]:
             param_space={TRIAL_KEY: tune.grid_search([t.name for t in trials])},
             tune_config=tune.TuneConfig(
                 max_concurrent_trials=concurrency,
+                reuse_actors=True,
                 trial_name_creator=lambda t: t.config[TRIAL_KEY],
                 trial_dirname_creator=lambda t: t.config[TRIAL_KEY],
             ),
