@@ -19,6 +19,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -37,6 +38,7 @@ def main() -> int:
     parser.add_argument("--trials", default="gdxray-*", help="glob over trial names (default gdxray-*)")
     parser.add_argument("--iterations", type=int, default=None, help="override iterations per trial")
     parser.add_argument("--checkpoint-period", type=int, default=None)
+    parser.add_argument("--keep", action="store_true", help="keep the runs' folder (checkpoints: GBs)")
     args = parser.parse_args()
 
     import dataclasses
@@ -134,6 +136,10 @@ def main() -> int:
             }
         )
     )
+    if args.keep:
+        print(f"runs kept in {work}", file=sys.stderr)
+    else:
+        shutil.rmtree(work, ignore_errors=True)
     return 1 if failed else 0
 
 
