@@ -93,3 +93,69 @@ def test_cpu_optimizers_keep_the_default_implementation():
     for spec in (OptimizerSpec(name="adamw", lr=1e-3), OptimizerSpec(name="sgd", lr=0.1)):
         opt = build_optimizer(net, spec)
         assert not opt.defaults.get("fused")  # fused kernels only when every parameter is on CUDA
+
+
+def _detection_batch(masks: bool) -> tuple[list[torch.Tensor], list[dict]]:
+    g = torch.Generator().manual_seed(0)
+    images = [torch.randint(0, 256, (3, 64, 80), dtype=torch.uint8, generator=g) for _ in range(2)]
+    targets = []
+    for k in range(2):
+        boxes = torch.tensor([[8.0, 10.0, 30.0, 40.0], [40.0, 20.0, 70.0, 50.0]])[: k + 1]
+        t = {"boxes": boxes, "labels": torch.tensor([1, 1][: k + 1]), "image_id": k}
+        if masks:
+            m = torch.zeros(len(boxes), 64, 80, dtype=torch.uint8)
+            for i, (x1, y1, x2, y2) in enumerate(boxes.long().tolist()):
+                m[i, y1:y2, x1:x2] = 1
+            t["masks"] = m
+        targets.append(t)
+    return images, targets
+
+
+def _semantic_batch(task) -> object:
+    g = torch.Generator().manual_seed(0)
+    sem = torch.randint(0, 3, (64, 64), generator=g)
+    sem[40:] = 255
+    items = [
+        (torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8, generator=g), {"sem_seg": sem}) for _ in "ab"
+    ]
+    return task.collate(items)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "gdxray-convnext_t-dinov3-full-s42",
+        "rareplanes-convnext_t-dinov3-full-s42",
+        "severstal-convnext_t-dinov3-full-s42",
+    ],
+)
+def test_channels_last_gives_the_same_losses_and_gradients(repo_root, name):
+    """What the engine does on CUDA (weights channels-last), checked on CPU for every decoder:
+    no op may depend on the layout (a ``view`` on an NHWC tensor would raise, a kernel that
+    ignores strides would return other numbers)."""
+    from raybench.study import load_study
+    from raybench.tasks import DatasetMeta, build_task
+
+    trial = load_study(repo_root / "experiments" / "smoke.yaml", dry_run=True).trial(name)
+    task = build_task(trial)
+    meta = DatasetMeta(trial.task, 2, ("a", "b"))
+    batch = _semantic_batch(task) if trial.task == "semantic" else _detection_batch(name.startswith("rare"))
+    results = []
+    for channels_last in (False, True):
+        torch.manual_seed(0)
+        model = task.build_model(meta)
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        model.train()
+        torch.manual_seed(1)  # the same proposal / point sampling in both runs
+        losses = task.train_step(model, batch)
+        sum(losses.values()).backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results.append(({k: float(v.detach()) for k, v in losses.items()}, grads))
+    (la, ga), (lb, gb) = results
+    assert la.keys() == lb.keys() and all(math.isfinite(v) for v in la.values())
+    for k in la:
+        assert lb[k] == pytest.approx(la[k], rel=1e-4, abs=1e-5), k
+    assert ga.keys() == gb.keys() and len(ga) > 0
+    for n in ga:
+        torch.testing.assert_close(gb[n], ga[n], rtol=1e-3, atol=1e-5, msg=n)
