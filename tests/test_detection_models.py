@@ -12,6 +12,11 @@ from raybench.study import load_study
 from raybench.tasks import DatasetMeta, build_task, list_tasks, task_class
 from raybench.tasks.detection import DetectionTask
 
+try:
+    from tests.batches import detection_batch
+except ImportError:  # tests/ not a package
+    from batches import detection_batch
+
 DECODER_TRIAL = {"faster_rcnn": "gdxray", "mask_rcnn": "rareplanes"}
 BACKBONES = ("resnet50_gn-supervised", "convnext_t-supervised", "convnext_t-dinov3")
 
@@ -19,22 +24,6 @@ BACKBONES = ("resnet50_gn-supervised", "convnext_t-supervised", "convnext_t-dino
 @pytest.fixture(scope="module")
 def study(repo_root):
     return load_study(repo_root / "experiments" / "smoke.yaml", dry_run=True)
-
-
-def _batch(masks: bool) -> tuple[list[torch.Tensor], list[dict]]:
-    g = torch.Generator().manual_seed(0)
-    images = [torch.randint(0, 256, (3, 64, 80), dtype=torch.uint8, generator=g) for _ in range(2)]
-    targets = []
-    for k in range(2):
-        boxes = torch.tensor([[8.0, 10.0, 30.0, 40.0], [40.0, 20.0, 70.0, 50.0]])[: k + 1]
-        t = {"boxes": boxes, "labels": torch.tensor([1, 2][: k + 1]), "image_id": k}
-        if masks:
-            m = torch.zeros(len(boxes), 64, 80, dtype=torch.uint8)
-            for i, (x1, y1, x2, y2) in enumerate(boxes.long().tolist()):
-                m[i, y1:y2, x1:x2] = 1
-            t["masks"] = m
-        targets.append(t)
-    return images, targets
 
 
 def test_registry_serves_both_detectors():
@@ -64,7 +53,7 @@ def test_few_iterations(study, decoder: str, backbone: str, regime: str):
     opt = build_optimizer(model, trial.recipe.optimizer, backbone=backbone_module)
     sched = build_scheduler(opt, trial.recipe.schedule)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    batch = _batch(masks=decoder == "mask_rcnn")
+    batch = detection_batch(masks=decoder == "mask_rcnn")
     model.train()
     for _ in range(2):
         opt.zero_grad()

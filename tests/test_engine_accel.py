@@ -19,6 +19,11 @@ from raybench.engine.accel import (
 from raybench.recipes import build_optimizer
 from raybench.study.spec import OptimizerSpec
 
+try:
+    from tests.batches import detection_batch
+except ImportError:  # tests/ not a package
+    from batches import detection_batch
+
 
 def test_loss_buffer_reads_back_in_order_once_due():
     buf = LossBuffer(3)
@@ -95,22 +100,6 @@ def test_cpu_optimizers_keep_the_default_implementation():
         assert not opt.defaults.get("fused")  # fused kernels only when every parameter is on CUDA
 
 
-def _detection_batch(masks: bool) -> tuple[list[torch.Tensor], list[dict]]:
-    g = torch.Generator().manual_seed(0)
-    images = [torch.randint(0, 256, (3, 64, 80), dtype=torch.uint8, generator=g) for _ in range(2)]
-    targets = []
-    for k in range(2):
-        boxes = torch.tensor([[8.0, 10.0, 30.0, 40.0], [40.0, 20.0, 70.0, 50.0]])[: k + 1]
-        t = {"boxes": boxes, "labels": torch.tensor([1, 1][: k + 1]), "image_id": k}
-        if masks:
-            m = torch.zeros(len(boxes), 64, 80, dtype=torch.uint8)
-            for i, (x1, y1, x2, y2) in enumerate(boxes.long().tolist()):
-                m[i, y1:y2, x1:x2] = 1
-            t["masks"] = m
-        targets.append(t)
-    return images, targets
-
-
 def _semantic_batch(task) -> object:
     g = torch.Generator().manual_seed(0)
     sem = torch.randint(0, 3, (64, 64), generator=g)
@@ -139,7 +128,7 @@ def test_channels_last_gives_the_same_losses_and_gradients(repo_root, name):
     trial = load_study(repo_root / "experiments" / "smoke.yaml", dry_run=True).trial(name)
     task = build_task(trial)
     meta = DatasetMeta(trial.task, 2, ("a", "b"))
-    batch = _semantic_batch(task) if trial.task == "semantic" else _detection_batch(name.startswith("rare"))
+    batch = _semantic_batch(task) if trial.task == "semantic" else detection_batch(name.startswith("rare"))
     results = []
     for channels_last in (False, True):
         torch.manual_seed(0)
