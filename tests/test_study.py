@@ -176,6 +176,8 @@ def test_types_and_ranges():
     data["recipes"]["r"]["batch_size"] = 0
     data["recipes"]["r"]["schedule"]["warmup_factor"] = 2.0
     data["recipes"]["r"]["input"]["flip"] = "yes"
+    data["recipes"]["r"]["sync_period"] = 0
+    data["recipes"]["r"]["channels_last"] = "maybe"
     data["scaling"]["workers"] = "two"
     data["seeds"] = [42, "x"]
     msgs = problems(data)
@@ -183,6 +185,8 @@ def test_types_and_ranges():
     assert "recipes.r.batch_size: must be > 0, got 0" in msgs
     assert "recipes.r.schedule.warmup_factor: must be <= 1, got 2.0" in msgs
     assert "recipes.r.input.flip: expected true/false, got 'yes'" in msgs
+    assert "recipes.r.sync_period: must be > 0, got 0" in msgs
+    assert "recipes.r.channels_last: expected true/false, got 'maybe'" in msgs
     assert "scaling.workers: expected an integer, got 'two'" in msgs
     assert "seeds[1]: expected an integer, got 'x'" in msgs
 

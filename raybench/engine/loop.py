@@ -316,12 +316,10 @@ def train(
         f"iterations {start}..{total}"
     )
 
-    log(
-        f"{'compiled ' + ', '.join(type(m).__name__ for m in compiled) + '; ' if compiled else ''}"
-        f"{'channels_last; ' if recipe.channels_last and device.type == 'cuda' else ''}"
-        f"{'AMP ' + str(amp_dtype).removeprefix('torch.') + '; ' if amp else ''}"
-        f"losses read back every {recipe.sync_period} iteration(s)"
-    )
+    fast = [f"compiled {type(m).__name__}" for m in compiled]
+    fast += ["channels_last"] if recipe.channels_last and device.type == "cuda" else []
+    fast += [f"AMP {str(amp_dtype).removeprefix('torch.')}"] if amp else []
+    log("; ".join([*fast, f"losses read back every {recipe.sync_period} iteration(s)"]))
 
     data_iter = iter(train_loader)
     window_start, window_iters = time.perf_counter(), 0
