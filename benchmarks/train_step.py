@@ -103,6 +103,7 @@ def run_one(
     batch: int | None,
     size: int,
     compile_backbone: bool = False,
+    cudnn_benchmark: str = "task",
 ) -> dict:
     """One configuration, in this process."""
     import torch
@@ -113,7 +114,6 @@ def run_one(
 
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
-    configure_backends(device)  # the engine's own settings: cudnn.benchmark, TF32
     h, w = GPU_SIZE[decoder] if cuda else (size, size)
     n = batch or (16 if cuda and decoder == "mask2former" else 8 if cuda else 2)
     trial = _trial(decoder, arch, regime)
@@ -130,6 +130,8 @@ def run_one(
         )
         trial = trial.replace(recipe=dataclasses.replace(trial.recipe, input=inp))
     task = build_task(trial)
+    autotune = task.cudnn_autotune() if cudnn_benchmark == "task" else cudnn_benchmark == "on"
+    configure_backends(device, autotune=autotune)  # the engine's own settings: cudnn.benchmark, TF32
     num_classes = {"faster_rcnn": 1, "mask_rcnn": 3, "mask2former": 4}[decoder]
     meta = DatasetMeta(
         task=trial.task, num_classes=num_classes, class_names=tuple(f"c{i}" for i in range(num_classes))
@@ -173,6 +175,7 @@ def run_one(
         "step_s": round(median, 4),
         "imgs_per_s": round(n / median, 2),
         "compiled": compile_backbone,
+        "cudnn_benchmark": autotune if cuda else None,
     }
     if cuda:
         out["peak_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
@@ -200,11 +203,19 @@ def main() -> int:
     parser.add_argument("--cpu-size", type=int, default=256, help="square image size on CPU")
     parser.add_argument("--peak-tflops", type=float, default=None, help="GPU bf16 dense peak for MFU")
     parser.add_argument("--compile", action="store_true", help="torch.compile the backbone (recipe.compile)")
+    parser.add_argument(
+        "--cudnn-benchmark",
+        choices=("task", "on", "off"),
+        default="task",
+        help="cuDNN autotuning: the task's choice (as the engine), or forced on / off",
+    )
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one config, print JSON
     args = parser.parse_args()
     if args.one:
         decoder, arch, regime = args.one.split(":")
-        result = run_one(decoder, arch, regime, args.steps, args.batch, args.cpu_size, args.compile)
+        result = run_one(
+            decoder, arch, regime, args.steps, args.batch, args.cpu_size, args.compile, args.cudnn_benchmark
+        )
         print("RESULT " + json.dumps(result))
         return 0
 
@@ -228,6 +239,7 @@ def main() -> int:
                     cmd += ["--batch", str(args.batch)]
                 if args.compile:
                     cmd.append("--compile")
+                cmd += ["--cudnn-benchmark", args.cudnn_benchmark]
                 proc = subprocess.run(cmd, capture_output=True, text=True)
                 line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
                 if line is None:

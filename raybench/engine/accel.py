@@ -31,13 +31,15 @@ class NonFiniteLossError(FloatingPointError):
         super().__init__(f"non-finite loss at iteration {iteration}: {term} = {value} (all terms: {others})")
 
 
-def configure_backends(device: torch.device) -> None:
-    """cuDNN autotuning and TF32 matmuls on CUDA (fixed input sizes after the resize make the
-    autotuner pay off; TF32 only affects fp32 ops outside bf16 autocast). Nothing on CPU, so CPU
-    runs stay bitwise reproducible."""
+def configure_backends(device: torch.device, *, autotune: bool = True) -> None:
+    """TF32 matmuls and (``autotune``) cuDNN autotuning on CUDA. Autotuning pays off when
+    convolutions see a few shapes again and again (fixed crops, a handful of resize sizes);
+    it costs a search per new shape, so tasks whose heads convolve a data-dependent number
+    of regions turn it off (:meth:`raybench.tasks.Task.cudnn_autotune`). TF32 only affects
+    fp32 ops outside bf16 autocast. Nothing on CPU, so CPU runs stay bitwise reproducible."""
     if device.type != "cuda":
         return
-    torch.backends.cudnn.benchmark = True
+    torch.backends.cudnn.benchmark = autotune
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
 

@@ -216,7 +216,7 @@ def train(
     else:
         train_set, val_set = build_datasets(trial)
     meta = DatasetMeta.of(train_set)
-    configure_backends(device)
+    configure_backends(device, autotune=task.cudnn_autotune())
     model = task.build_model(meta)
     compiled = task.compile_targets(model) if recipe.compile else []
     model = prepare_model(model, device, channels_last=recipe.channels_last, compile_modules=compiled)

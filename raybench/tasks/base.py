@@ -94,6 +94,11 @@ class Task:
         backbone = self.backbone(model)
         return [backbone] if backbone is not None else []
 
+    def cudnn_autotune(self) -> bool:
+        """Whether cuDNN should autotune this task's convolutions on CUDA (``cudnn.benchmark``):
+        yes when their input shapes repeat (the autotuner searches once per new shape)."""
+        return True
+
     # --- data -----------------------------------------------------------------------------
     def transforms(self, split: str, generator: torch.Generator) -> Transform | None:
         """The data pipeline of ``split``; all randomness must come from ``generator``

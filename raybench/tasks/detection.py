@@ -44,6 +44,12 @@ class DetectionTask(Task):
     def backbone(self, model: nn.Module) -> nn.Module:
         return detector_backbone(model)
 
+    def cudnn_autotune(self) -> bool:
+        """Not for Mask R-CNN: its mask head convolves however many positive proposals an
+        iteration has (a new batch size nearly every step), and a cuDNN search per new
+        shape costs more than it saves (Detectron2 leaves ``CUDNN_BENCHMARK`` off too)."""
+        return self.trial.decoder != "mask_rcnn"
+
     def transforms(self, split: str, generator: torch.Generator) -> Transform | None:
         if split == "train" and self.trial.recipe.input.flip:
             from raybench.data.transforms import RandomHorizontalFlip
