@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -148,3 +149,54 @@ def test_channels_last_gives_the_same_losses_and_gradients(repo_root, name):
     assert ga.keys() == gb.keys() and len(ga) > 0
     for n in ga:
         torch.testing.assert_close(gb[n], ga[n], rtol=1e-3, atol=1e-5, msg=n)
+
+
+def test_cudnn_autotuning_is_the_tasks_choice(repo_root):
+    from raybench.study import load_study
+    from raybench.tasks import build_task
+
+    study = load_study(repo_root / "experiments" / "smoke.yaml", dry_run=True)
+    choice = {t.decoder: build_task(t).cudnn_autotune() for t in study.trials}
+    # Mask R-CNN's mask head sees a new number of regions nearly every step: no autotuning there.
+    assert choice == {"mask2former": True, "mask_rcnn": False, "faster_rcnn": True}
+    flags = (
+        torch.backends.cudnn.benchmark,
+        torch.backends.cuda.matmul.allow_tf32,
+        torch.backends.cudnn.allow_tf32,
+    )
+    try:  # configure_backends only sets flags, so CUDA's branch is testable without a GPU
+        torch.backends.cudnn.benchmark = False
+        configure_backends(torch.device("cuda"), autotune=True)
+        assert torch.backends.cudnn.benchmark is True and torch.backends.cuda.matmul.allow_tf32 is True
+        configure_backends(torch.device("cuda"), autotune=False)
+        assert torch.backends.cudnn.benchmark is False
+        configure_backends(torch.device("cpu"), autotune=True)  # CPU: nothing changes
+        assert torch.backends.cudnn.benchmark is False
+    finally:
+        (
+            torch.backends.cudnn.benchmark,
+            torch.backends.cuda.matmul.allow_tf32,
+            torch.backends.cudnn.allow_tf32,
+        ) = flags
+
+
+def test_engine_and_tasks_never_import_ray():
+    """The loop must run where Ray is not installed (a plain GPU box, `raybench train`)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import raybench.engine, raybench.tasks, raybench.data, raybench.evaluation, raybench.study\n"
+        "from raybench.engine import cli\n"
+        "from raybench.tasks import build_task\n"
+        "from raybench.study import load_study\n"
+        "for t in load_study('experiments/smoke.yaml', dry_run=True).trials:\n"
+        "    build_task(t)\n"
+        "bad = sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.'))\n"
+        "assert not bad, bad\n"
+        "print('ok')\n"
+    )
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]

@@ -146,7 +146,8 @@ def test_backbone_multiplier_and_no_weight_decay_groups(convnext_model: _Model):
     assert _wd_of(groups, bb["body.stem_1.weight"]) == 0.0  # timm LayerNorm2d in the stem
     assert _wd_of(groups, bb["body.stages_0.blocks.0.norm.bias"]) == 0.0
     assert _wd_of(groups, bb["body.stages_0.blocks.0.conv_dw.bias"]) == 0.01
-    assert _wd_of(groups, m.query_embed.weight) == 0.0 and _wd_of(groups, m.level_embed) == 0.0  # embeds
+    assert _wd_of(groups, m.query_embed.weight) == 0.0  # nn.Embedding
+    assert _wd_of(groups, m.level_embed) == 0.05  # a plain Parameter decays (as in Mask2Former)
     # Unset (None) kinds fall back to weight_decay.
     plain = param_groups(m, OptimizerSpec(name="adamw", lr=1e-4, weight_decay=0.05), backbone=m.backbone)
     assert {g["weight_decay"] for g in plain} == {0.05}

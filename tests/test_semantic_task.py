@@ -207,7 +207,10 @@ def test_optimizer_groups_follow_the_mask2former_recipe(smoke_file):
         g = group_of[id(p)]
         assert g["lr"] == pytest.approx(spec.lr * (0.1 if name.startswith("backbone.") else 1.0)), name
         if {"query_feat", "query_embed", "level_embed"} & set(name.split(".")):
-            assert g["weight_decay"] == 0.0, name
+            # Mask2Former's rule: nn.Embedding -> no decay; the pixel decoder's level_embed is a
+            # plain Parameter there, so it decays like every other weight.
+            decays = name == "head.mask2former.pixel_decoder.level_embed"
+            assert g["weight_decay"] == (spec.weight_decay if decays else 0.0), name
     norm = dict(model.named_parameters())["head.mask2former.predictor.decoder_norm.weight"]
     assert group_of[id(norm)]["weight_decay"] == 0.0
     conv = dict(model.named_parameters())["head.mask2former.predictor.class_embed.weight"]

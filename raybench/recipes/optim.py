@@ -40,18 +40,14 @@ NORM_TYPES: tuple[type[nn.Module], ...] = (
     nn.LocalResponseNorm,
     nn.RMSNorm,
 )
-#: Parameter names (last component) that are embeddings even when not in an ``nn.Embedding``.
+#: Parameter names (last component) that count as embeddings although they are plain
+#: ``nn.Parameter``s: the position tables and tokens of transformer backbones (Swin's two are
+#: exempt in Mask2Former's optimizer; timm exempts ViT's). Everything else is an embedding only
+#: when it lives in an ``nn.Embedding`` -- as in Mask2Former's ``build_optimizer``, so the
+#: transformer decoder's queries and level embedding are exempt while the pixel decoder's
+#: ``level_embed`` (an ``nn.Parameter`` there too) keeps the weight decay.
 EMBED_NAMES: frozenset[str] = frozenset(
-    {
-        "query_embed",
-        "query_feat",
-        "level_embed",
-        "pos_embed",
-        "absolute_pos_embed",
-        "cls_token",
-        "mask_token",
-        "relative_position_bias_table",
-    }
+    {"pos_embed", "absolute_pos_embed", "cls_token", "mask_token", "relative_position_bias_table"}
 )
 
 _CONVNEXT = re.compile(r"(?:^|\.)stages[._](\d+)\.(downsample|blocks)(?:\.(\d+))?")
