@@ -8,6 +8,8 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+# A developer's own `wandb login` (netrc) must not turn tests online.
+os.environ.setdefault("NETRC", os.devnull)
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 import shutil  # noqa: E402

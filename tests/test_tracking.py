@@ -75,3 +75,27 @@ def test_disabled_mode_writes_nothing(tmp_path, monkeypatch):
     t.log({"x": 1.0}, step=1)
     t.finish()
     assert find_offline_runs(tmp_path) == []
+
+
+def test_mode_from_env_key_netrc_login_or_explicit(tmp_path, monkeypatch):
+    from raybench.tracking import wandb_mode
+
+    for var in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_BASE_URL"):
+        monkeypatch.delenv(var, raising=False)
+    netrc_file = tmp_path / "netrc"
+    monkeypatch.setenv("NETRC", str(netrc_file))
+    assert wandb_mode() == "offline"  # no key anywhere (and no netrc file)
+    netrc_file.write_text("machine example.org login user password secret\n")
+    assert wandb_mode() == "offline"  # a netrc without the W&B host
+    netrc_file.write_text("machine api.wandb.ai\n  login user\n  password 0123abcd\n")
+    netrc_file.chmod(0o600)
+    assert wandb_mode() == "online"  # what `wandb login` writes
+    monkeypatch.setenv("WANDB_BASE_URL", "https://wandb.mycorp.local")
+    assert wandb_mode() == "offline"  # a private server needs its own entry
+    monkeypatch.delenv("WANDB_BASE_URL")
+    netrc_file.write_text("this is not { a netrc")
+    assert wandb_mode() == "offline"  # unreadable netrc -> offline, never a crash
+    monkeypatch.setenv("WANDB_API_KEY", "k")
+    assert wandb_mode() == "online"
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert wandb_mode() == "disabled"

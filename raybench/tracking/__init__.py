@@ -11,11 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import netrc
 import os
 import struct
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 log = logging.getLogger("raybench.tracking")
 
@@ -25,12 +27,25 @@ def run_id(experiment: str, trial: str) -> str:
     return hashlib.sha1(f"{experiment}/{trial}".encode()).hexdigest()[:16]
 
 
+def _netrc_has_key() -> bool:
+    """Whether ``wandb login`` left a key in the netrc file (``$NETRC`` or ``~/.netrc``) for
+    the W&B host (``WANDB_BASE_URL``, default api.wandb.ai)."""
+    host = urlparse(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai").hostname
+    try:
+        auth = netrc.netrc(os.environ.get("NETRC") or None).authenticators(host or "")
+    except (OSError, netrc.NetrcParseError):
+        return False
+    return bool(auth and auth[2])
+
+
 def wandb_mode() -> str:
-    """``online`` with an API key (env or netrc login), else ``offline``; WANDB_MODE wins."""
+    """``online`` with an API key (``WANDB_API_KEY`` or a ``wandb login`` netrc entry), else
+    ``offline``; WANDB_MODE wins. On a cluster only the environment reaches every worker, so
+    cluster.yaml passes ``WANDB_API_KEY`` on (docs/cluster.md)."""
     explicit = os.environ.get("WANDB_MODE")
     if explicit:
         return explicit
-    if os.environ.get("WANDB_API_KEY"):
+    if os.environ.get("WANDB_API_KEY") or _netrc_has_key():
         return "online"
     return "offline"
 
