@@ -45,6 +45,7 @@ class RangeHandler(http.server.SimpleHTTPRequestHandler):
 
     requests: list[dict[str, str]] = []
     fail_after: int | None = None  # send only this many bytes of a 200 reply (simulated drop)
+    extra_headers: dict[str, str] = {}  # sent with every file reply (e.g. S3's ETag)
 
     def log_message(self, *args: object) -> None:  # keep test output clean
         pass
@@ -72,6 +73,8 @@ class RangeHandler(http.server.SimpleHTTPRequestHandler):
             self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Accept-Ranges", "bytes")
+        for key, value in type(self).extra_headers.items():
+            self.send_header(key, value)
         self.end_headers()
         limit = type(self).fail_after
         self.wfile.write(body if limit is None else body[:limit])
@@ -80,7 +83,7 @@ class RangeHandler(http.server.SimpleHTTPRequestHandler):
 @contextmanager
 def serve_directory(directory: Path) -> Iterator[tuple[str, type[RangeHandler]]]:
     """Serve ``directory`` on 127.0.0.1 (random port) in a thread; yields (base_url, handler)."""
-    handler = type("Handler", (RangeHandler,), {"requests": [], "fail_after": None})
+    handler = type("Handler", (RangeHandler,), {"requests": [], "fail_after": None, "extra_headers": {}})
 
     def factory(*args: object, **kwargs: object) -> RangeHandler:
         return handler(*args, directory=str(directory), **kwargs)

@@ -138,3 +138,28 @@ def test_manual_datasets_print_exact_steps(tmp_path, capsys) -> None:
         fetch("rubber_rings", tmp_path)
     with pytest.raises(ValueError, match=r"nothing to fetch for 'coco'"):
         fetch("coco", tmp_path)
+
+
+def test_s3_etag_md5_is_verified(blob, tmp_path) -> None:
+    """RarePlanes comes from S3, whose single-part ETag is the object's MD5: checked even though
+    the manifest pins no checksum; other servers' ETags are opaque and ignored."""
+    served, data, _ = blob
+    md5 = hashlib.md5(data).hexdigest()
+    with serve_directory(served) as (url, handler):
+        handler.extra_headers = {"ETag": f'"{md5}"', "x-amz-request-id": "T1"}
+        (tmp_path / "a.bin.part").write_bytes(data[:1000])  # resumed: the MD5 covers the whole file
+        download(f"{url}/blob.bin", tmp_path / "a.bin", progress=False)
+        assert handler.requests[-1]["range"] == "bytes=1000-"
+        assert (tmp_path / "a.bin").read_bytes() == data
+        handler.extra_headers = {"ETag": '"' + "0" * 32 + '"', "x-amz-request-id": "T2"}
+        with pytest.raises(
+            DownloadError,
+            match=rf"checksum mismatch, expected md5 0{{32}} \(the S3 ETag\), got {md5}; the file was",
+        ):
+            download(f"{url}/blob.bin", tmp_path / "b.bin", progress=False)
+        assert not (tmp_path / "b.bin").exists() and not (tmp_path / "b.bin.part").exists()
+        handler.extra_headers = {"ETag": '"' + "0" * 32 + '"'}  # not S3: an opaque tag
+        download(f"{url}/blob.bin", tmp_path / "c.bin", progress=False)
+        handler.extra_headers = {"ETag": '"' + "0" * 32 + '-3"', "x-amz-request-id": "T3"}  # multipart
+        download(f"{url}/blob.bin", tmp_path / "d.bin", progress=False)
+    assert (tmp_path / "c.bin").read_bytes() == data == (tmp_path / "d.bin").read_bytes()

@@ -3,7 +3,8 @@
 RarePlanes (public S3 bucket, HTTPS endpoint) and GDXray Castings (the authors' site) are
 downloaded with a progress bar; an interrupted file is kept as ``<name>.part`` and resumed
 with an HTTP ``Range`` request; the result is checked against the manifest's size/SHA-256
-(or the server's ``Content-Length`` where the manifest has none) before it is renamed and
+(where the manifest has none: the server's ``Content-Length``, and on S3 -- RarePlanes -- the
+object's MD5 from its ETag) before it is renamed and
 unpacked into the loader's layout. Severstal (Kaggle login) and Rubber Rings (Google
 Drive) need manual steps: :func:`fetch` raises :class:`ManualDownloadRequired` with them.
 
@@ -16,12 +17,14 @@ from __future__ import annotations
 import hashlib
 import http.client
 import os
+import re
 import shutil
 import tarfile
 import urllib.error
 import urllib.request
 import zipfile
 from dataclasses import dataclass
+from email.message import Message
 from pathlib import Path
 
 from tqdm import tqdm
@@ -137,12 +140,25 @@ def instructions(name: str, dest: str | Path = "DEST") -> str | None:
     return None if text is None else text.format(dest=dest)
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
+def sha256_file(path: Path, algorithm: str = "sha256") -> str:
+    h = hashlib.new(algorithm)
     with path.open("rb") as fh:
         for block in iter(lambda: fh.read(CHUNK), b""):
             h.update(block)
     return h.hexdigest()
+
+
+_MD5_ETAG = re.compile(r'^"?([0-9a-f]{32})"?$')
+
+
+def s3_md5(headers: Message) -> str | None:
+    """The object's MD5 when an S3 server says it: S3's ETag of an object uploaded in one part
+    is the MD5 of its bytes (multipart ETags end in ``-N`` and are not). Other servers' ETags
+    are opaque version tags, so only replies carrying S3's ``x-amz-request-id`` count."""
+    if not headers.get("x-amz-request-id"):
+        return None
+    match = _MD5_ETAG.match((headers.get("ETag") or "").strip().lower())
+    return match.group(1) if match else None
 
 
 def _total_from_headers(resp: urllib.response.addinfourl, offset: int) -> int | None:
@@ -195,11 +211,13 @@ def download(
             raise DownloadError(f"{url}: HTTP {exc.code} {exc.reason}") from None
     except (urllib.error.URLError, OSError) as exc:
         raise DownloadError(f"{url}: {getattr(exc, 'reason', exc)}") from None
+    md5 = None
     if resp is not None:
         with resp:
             if offset and resp.status != 206:
                 offset = 0  # server ignored Range: start over
             total = _total_from_headers(resp, offset)
+            md5 = s3_md5(resp.headers)  # S3 sends the whole object's ETag with a range too
             with (
                 part.open("ab" if offset else "wb") as fh,
                 tqdm(
@@ -235,6 +253,14 @@ def download(
             part.unlink()
             raise DownloadError(
                 f"{url}: checksum mismatch, expected sha256 {sha256}, got {digest}; the file was removed"
+            )
+    if md5 is not None and sha256 is None:
+        digest = sha256_file(part, "md5")
+        if digest != md5:
+            part.unlink()
+            raise DownloadError(
+                f"{url}: checksum mismatch, expected md5 {md5} (the S3 ETag), got {digest}; "
+                "the file was removed"
             )
     part.replace(path)
     return path
