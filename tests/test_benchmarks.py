@@ -53,7 +53,6 @@ def test_train_step_benchmark_reports_every_figure():
 
 
 def test_mask2former_benchmark_compares_both_implementations():
-    pytest.importorskip("transformers")
     out = _last_json(
         [
             "benchmarks/mask2former_vs_transformers.py",

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pytest
-
-wr = pytest.importorskip("wandb_workspaces.reports.v2")
+import wandb_workspaces.reports.v2 as wr  # a dependency: missing must fail, not skip
 
 from raybench.results.report import build_report  # noqa: E402
 from raybench.results.store import ResultsWriter, write_status  # noqa: E402

@@ -373,3 +373,27 @@ def test_cli_train_writes_metrics(smoke_file, tmp_path, capsys, name):
     assert any("train/loss" in r for r in records)
     assert latest_checkpoint(out) is not None
     assert '"val/mIoU"' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("regime", ["frozen", "full"])
+def test_every_decoder_sits_on_the_same_backbone_weights(smoke_file, tmp_path, regime):
+    """The decoder axis changes only the decoder: Mask2Former, UPerNet and FPN get the very same
+    backbone (same weights file, same parameters, same freezing)."""
+    import timm
+
+    from raybench.backbones import build_backbone
+
+    torch.manual_seed(3)
+    torch.save(timm.create_model("regnetx_002", pretrained=False).state_dict(), tmp_path / "w.pth")
+    spec = dataclasses.replace(REGNET, pretrained=True, weights=str(tmp_path / "w.pth"))
+    base = load_study(smoke_file).trial(f"severstal-convnext_t-dinov3-{regime}-s42").replace(backbone=spec)
+    reference = build_backbone(spec).state_dict()
+    for decoder in DECODERS:
+        torch.manual_seed(len(decoder))  # a different RNG state per decoder: weights must not care
+        model = build_task(_derive(base, decoder)).build_model(_meta())
+        bb, _ = _split(model.state_dict())
+        assert _same({k.removeprefix("backbone."): v for k, v in bb.items()}, reference), decoder
+        trainable = {p.requires_grad for p in model.backbone.parameters()}
+        assert trainable == ({False} if regime == "frozen" else {True}), decoder
+        head = [p for n, p in model.named_parameters() if not n.startswith("backbone.")]
+        assert head and all(p.requires_grad for p in head), decoder
