@@ -70,7 +70,9 @@ class HungarianMatcher(nn.Module):
         Returns:
             per image ``(query_indices, target_indices)`` int64 tensors of length ``min(Q, N)``.
         """
-        indices = []
+        # Costs of every image first (on the device, no host sync), then one copy to the host for
+        # scipy: one synchronisation per prediction instead of one per image.
+        costs = []
         for b, target in enumerate(targets):
             probs = pred_logits[b].float().softmax(-1)
             labels = target["labels"]
@@ -87,8 +89,13 @@ class HungarianMatcher(nn.Module):
             )
             # Non-finite costs (diverged predictions) become the largest float: matched last, no crash.
             big = torch.finfo(cost.dtype).max
-            cost = torch.nan_to_num(cost, nan=big, posinf=big, neginf=big)
-            rows, cols = linear_sum_assignment(cost.cpu().numpy())
+            costs.append(torch.nan_to_num(cost, nan=big, posinf=big, neginf=big))
+        flat = torch.cat([c.reshape(-1) for c in costs]).cpu().numpy() if costs else None
+        indices, start = [], 0
+        for cost in costs:
+            n = cost.numel()
+            rows, cols = linear_sum_assignment(flat[start : start + n].reshape(cost.shape))
+            start += n
             indices.append(
                 (torch.as_tensor(rows, dtype=torch.int64), torch.as_tensor(cols, dtype=torch.int64))
             )
