@@ -69,9 +69,10 @@ def cmd_grid(args: argparse.Namespace) -> int:
     print(trial_table(trials))
     s = study.scaling
     gpus = len(trials) * s.workers * s.gpus_per_worker if s.use_gpu else 0
+    driver = f"{s.driver_cpus:g} driver CPU" + ("" if s.driver_cpus == 1 else "s")
     print(
         f"\n{len(trials)} trials ({len(study.rows)} rows x {len(study.datasets)} datasets x "
-        f"{len(study.seeds)} seeds); each needs 1 driver CPU + {_resources(trials[0])}; "
+        f"{len(study.seeds)} seeds); each needs {driver} + {_resources(trials[0])}; "
         f"{gpus:g} GPUs to run all at once."
     )
     if args.dry_run:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from pathlib import Path
 
@@ -326,3 +327,168 @@ def test_per_worker_batch_and_accumulation():
     assert ScalingSpec(workers=2).per_worker_batch(16) == (8, 1)
     assert ScalingSpec(workers=2, max_batch_per_worker=4).per_worker_batch(16) == (4, 2)
     assert ScalingSpec(workers=1, max_batch_per_worker=6).per_worker_batch(16) == (4, 4)
+
+
+def _with_data_registry():
+    from raybench.study.loader import known_formats
+
+    if known_formats() is None:
+        pytest.skip("raybench.data is not importable")
+
+
+def test_dataset_options_are_checked_against_the_loader():
+    _with_data_registry()
+    data = minimal()
+    data["datasets"][0]["options"] = {"val_seris": [3], "keep_empty": "yes", "exclude_series": [55, "x"]}
+    msgs = problems(data)
+    assert any(
+        m.startswith(
+            "datasets[0].options.val_seris: unknown option for format 'gdxray' "
+            "(did you mean 'val_series'?); known: ["
+        )
+        for m in msgs
+    )
+    assert "datasets[0].options.keep_empty: expected true/false, got 'yes'" in msgs
+    assert "datasets[0].options.exclude_series[1]: expected an integer, got 'x'" in msgs
+    data["datasets"][0]["options"] = {"val_series": 3}
+    assert "datasets[0].options.val_series: expected a list, got 3" in problems(data)
+    data["datasets"][0]["options"] = {"val_series": [3, 32], "exclude_series": [55]}
+    assert parse_study(data, dry_run=True).trials[0].dataset.options == data["datasets"][0]["options"]
+
+
+def test_task_must_match_the_dataset_format():
+    _with_data_registry()
+    data = minimal()
+    data["datasets"][0].update(format="severstal", task="detection")
+    msgs = problems(data)
+    assert (
+        "datasets[0].task: format 'severstal' gives 'semantic' data, not 'detection'; "
+        "set task: semantic (and a decoder of ('mask2former', 'upernet', 'fpn'))" in msgs
+    )
+
+
+def test_coco_task_comes_from_the_study_or_must_agree_with_it():
+    _with_data_registry()
+    data = minimal()
+    data["datasets"][0].update(format="coco", task="instance", decoder="mask_rcnn")
+    study = parse_study(data, dry_run=True)  # the study's task is passed to the loader
+    assert study.datasets[0].options == {"task": "instance"}
+    assert all(t.dataset.options == {"task": "instance"} for t in study.trials)
+    data["datasets"][0]["options"] = {"task": "instance", "val_fraction": 0.1}
+    assert parse_study(data, dry_run=True).datasets[0].options == {"task": "instance", "val_fraction": 0.1}
+    data["datasets"][0]["options"] = {"task": "detection"}
+    assert (
+        "datasets[0].options.task: option task 'detection' disagrees with the study's task 'instance'; "
+        "leave the option out (the study's task is passed to the loader) or make them equal"
+    ) in problems(data)
+    data["datasets"][0].update(task="semantic", decoder="fpn", options={})
+    assert (
+        "datasets[0].task: format 'coco' serves task 'detection' or 'instance', not 'semantic'"
+        in problems(data)
+    )
+
+
+def test_headline_metric_must_be_one_the_evaluator_reports():
+    data = minimal()
+    data["datasets"][0]["metric"] = "val/bbox_AP50"
+    data["datasets"].append(
+        dict(
+            data["datasets"][0],
+            id="sev",
+            format="severstal",
+            task="semantic",
+            decoder="fpn",
+            metric="val/mIoUU",
+        )
+    )
+    data["datasets"].append(dict(data["datasets"][0], id="gdx2", metric="val/mask_AP"))
+    msgs = problems(data)
+    from raybench.study.checks import metric_names
+
+    if metric_names("semantic") is None:
+        pytest.skip("raybench.evaluation is not importable")
+    assert any(
+        m.startswith(
+            "datasets[0].metric: unknown metric 'val/bbox_AP50' for task 'detection' "
+            "(did you mean 'val/box_AP50'?); known: val/box_AP, val/box_AP50,"
+        )
+        for m in msgs
+    )
+    assert any(
+        m.startswith(
+            "datasets[1].metric: unknown metric 'val/mIoUU' for task 'semantic' "
+            "(did you mean 'val/mIoU'?); known: val/mIoU,"
+        )
+        for m in msgs
+    )
+    assert any(
+        m.startswith("datasets[2].metric: unknown metric 'val/mask_AP' for task 'detection'") for m in msgs
+    )
+    assert "val/IoU-<class>" in next(m for m in msgs if m.startswith("datasets[1].metric"))
+
+
+def test_every_metric_name_and_per_class_pattern_is_accepted():
+    from raybench.study.checks import metric_matches, metric_names
+    from raybench.study.spec import DEFAULT_METRIC
+
+    if metric_names("semantic") is None:
+        pytest.skip("raybench.evaluation is not importable")
+    semantic = metric_names("semantic")
+    for name in ("val/mIoU", "val/mIoU_nobg", "val/FB_IoU", "val/fwIoU", "val/pACC", "val/mACC"):
+        assert metric_matches(name, semantic), name
+    assert metric_matches("val/IoU-scratches", semantic) and metric_matches("val/ACC-background", semantic)
+    assert not metric_matches("val/IoU-", semantic) and not metric_matches("mIoU", semantic)
+    instance = metric_names("instance")
+    for name in ("val/box_AP", "val/box_AP50", "val/mask_AP", "val/mask_AP75", "val/mask_AP-small_civil"):
+        assert metric_matches(name, instance), name
+    assert not metric_matches("val/mask_AP", metric_names("detection"))
+    for task, metric in DEFAULT_METRIC.items():
+        assert metric_matches(metric, metric_names(task)), (task, metric)
+    data = minimal()
+    data["datasets"][0]["metric"] = "val/box_AP-defect"
+    assert parse_study(data, dry_run=True).datasets[0].headline_metric == "val/box_AP-defect"
+
+
+def test_new_error_classes_reported_together_with_lines(tmp_path, capsys):
+    _with_data_registry()
+    data = minimal()
+    data["datasets"][0].update(options={"val_seris": [3]}, metric="val/box_APP")
+    data["datasets"].append(dict(data["datasets"][0], id="sev", format="severstal", options={}, metric=None))
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    assert cli_main(["grid", str(path), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "3 problem(s)" in err
+    lines = path.read_text().splitlines()
+    for key in ("val_seris", "metric", "task"):
+        line = next(ln for ln in err.splitlines() if f".{key}:" in ln)
+        number = int(line.split(f"{path}:", 1)[1].split(":", 1)[0])
+        assert key in lines[number - 1], (line, lines[number - 1])
+
+
+def test_cli_prints_the_studys_driver_cpus(capsys):
+    assert cli_main(["grid", str(SMOKE), "--dry-run"]) == 0
+    assert "each needs 0 driver CPUs + 1 x (1 CPU)" in capsys.readouterr().out
+    assert cli_main(["grid", str(PAPER), "--dry-run"]) == 0
+    assert "each needs 1 driver CPU + 1 x (1 GPU, 8 CPU)" in capsys.readouterr().out
+
+
+def test_paper_values_written_out_are_the_defaults_they_replace():
+    """paper.yaml spells out the Mask2Former head and the RarePlanes classes; both must equal
+    the defaults the trials had while they were implicit (the trials run the same)."""
+    from raybench.study.spec import Mask2FormerOptions
+
+    study = load_study(PAPER, dry_run=True)
+    for t in study.trials:
+        if t.decoder == "mask2former":
+            assert t.recipe.model_options("mask2former") == Mask2FormerOptions(), t.name
+            assert set(t.recipe.model) == {f.name for f in dataclasses.fields(Mask2FormerOptions)}
+    rp = study.trial("rareplanes-convnext_t-dinov3-full-s42").dataset.options
+    assert rp["class_attribute"] == "role" and rp["unmapped"] == "error"
+    try:
+        from raybench.data import dataset_options
+    except ImportError:
+        return
+    defaults = dataset_options("rareplanes")
+    for key in ("class_attribute", "class_map", "class_names", "unmapped"):
+        assert rp[key] == defaults[key] or list(rp[key]) == list(defaults[key]), key

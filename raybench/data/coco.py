@@ -40,6 +40,8 @@ def _path(root: Path, value: str) -> Path:
 class CocoDataset(InspectionDataset):
     """Generic COCO detection (``task="detection"``) or instance segmentation (``"instance"``)."""
 
+    #: The values of the ``task`` option (the study checks its ``task`` against them).
+    TASKS: ClassVar[tuple[str, ...]] = ("detection", "instance")
     OPTIONS: ClassVar[dict[str, Any]] = {
         "task": "detection",
         "train_annotations": "annotations/instances_train.json",
@@ -71,8 +73,8 @@ class CocoDataset(InspectionDataset):
         skip_unreadable: bool = True,
     ) -> None:
         super().__init__(root, split, transforms, skip_unreadable)
-        if task not in ("detection", "instance"):
-            raise ValueError(f"coco option task must be 'detection' or 'instance', got {task!r}")
+        if task not in self.TASKS:
+            raise ValueError(f"coco option task must be one of {self.TASKS}, got {task!r}")
         self.task = task
         if annotations is not None:
             path, image_dir = _path(self.root, annotations), _path(self.root, images)

@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from raybench.study.checks import check_dataset, check_metric
 from raybench.study.schema import (
     Collector,
     Problem,
@@ -213,7 +214,7 @@ def parse_study(
             bad_recipes.add(name)
 
     formats = known_formats()
-    for i, d in datasets_at:
+    for k, (i, d) in enumerate(datasets_at):
         path = join("datasets", i)
         before = len(out.problems)
         if formats is not None and d.format not in formats:
@@ -222,6 +223,10 @@ def parse_study(
                 f"unknown dataset format {d.format!r}{did_you_mean(d.format, formats)}; "
                 f"known: {sorted(formats)}",
             )
+        elif formats is not None:
+            # Options and task against the format's loader (may pass the task on as an option).
+            d = check_dataset(d, path, out)
+            datasets_at[k] = (i, d)
         if d.task in DECODERS and d.decoder not in DECODERS[d.task]:
             out.add(
                 join(path, "decoder"),
@@ -233,8 +238,7 @@ def parse_study(
                 f"unknown recipe {d.recipe!r}{did_you_mean(d.recipe, top.recipes)}; "
                 f"known: {sorted(top.recipes)}",
             )
-        if d.metric is not None and not d.metric.startswith("val/"):
-            out.add(join(path, "metric"), f"headline metric must be a val/ metric, got {d.metric!r}")
+        check_metric(d, path, out)
         build(RecipeSpec, d.overrides, join(path, "overrides"), out, partial=True)
         model_override = d.overrides.get("model") if isinstance(d.overrides, Mapping) else None
         if d.decoder in MODEL_OPTIONS and isinstance(model_override, Mapping):
@@ -253,6 +257,8 @@ def parse_study(
                 f"dataset root not found: {d.root} (see `raybench data fetch {d.format} DIR`; "
                 "use --dry-run to validate without data)",
             )
+
+    datasets = tuple(d for _, d in datasets_at)
 
     # Expand: rows x datasets x seeds, recipe merged per (dataset, backbone arch).
     trials: list[TrialSpec] = []
