@@ -1,4 +1,18 @@
-"""Tiny studies for the Ray tests: a GDXray Faster R-CNN trial of a few iterations."""
+"""Tiny studies for the Ray tests: a GDXray Faster R-CNN trial of a few iterations.
+
+Failure drills and traces the sweep tests drive through the environment (forwarded by the
+sweep to the Ray Train workers, see ``raybench.sweep.trainable.forwarded_env``):
+
+- ``RAYBENCH_FAULT_INJECT="<trial glob>@<iter>"`` (``trainable.FAULT_ENV``): SIGKILL the train
+  worker when it reports iteration ``<iter>``, once (a marker file in the trial folder,
+  ``fault-injected-at-<iter>``, stops it from firing again, also after --restart-errored).
+- ``RAYBENCH_NAN_INJECT="<trial glob>@<iter>[:<term>]"`` (``trainable.NAN_ENV``): loss term
+  ``<term>`` (default: the task's first) is NaN at iteration ``<iter>``, every time that
+  iteration is trained (like a real non-finite loss); the engine raises
+  ``NonFiniteLossError("non-finite loss at iteration <iter>: <term> = nan ...")``.
+- ``RAYBENCH_BATCH_TRACE=<dir>`` (``raybench.engine.data.BATCH_TRACE_ENV``): each worker
+  appends ``{"iter", "rank", "samples"}`` per iteration to ``<dir>/batches.rank<r>.jsonl``.
+"""
 
 from __future__ import annotations
 
@@ -21,6 +35,8 @@ def tiny_study(
     regimes=("frozen", "full"),
     batch_size: int = 2,
     name: str = "tiny",
+    use_gpu: bool = False,
+    gpus_per_worker: float = 0,
 ) -> Path:
     """A study file under ``tmp``: gdxray x ConvNeXt-T supervised x ``regimes``, synthetic data."""
     smoke = yaml.safe_load((REPO / "experiments" / "smoke.yaml").read_text())
@@ -28,8 +44,8 @@ def tiny_study(
     study["name"] = name
     study["scaling"] = {
         "workers": workers,
-        "use_gpu": False,
-        "gpus_per_worker": 0,
+        "use_gpu": use_gpu,
+        "gpus_per_worker": gpus_per_worker,
         "cpus_per_worker": cpus_per_worker,
     }
     study["backbones"] = [b for b in smoke["backbones"] if b["id"] == "convnext_t-supervised"]

@@ -12,6 +12,7 @@ iterations is a pure function of ``i`` (resume needs nothing else).
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -66,19 +67,63 @@ class GlobalBatchStream:
         return iterations_done * self.batch_size / self.num_items
 
 
+BATCH_TRACE_ENV = "RAYBENCH_BATCH_TRACE"
+
+
+class BatchTrace:
+    """Opt-in record of the samples each worker is handed, to check that what a trial sees
+    does not depend on the number of workers.
+
+    ``RAYBENCH_BATCH_TRACE=<dir>``: worker ``r`` appends one JSON line per iteration to
+    ``<dir>/batches.rank<r>.jsonl``: ``{"iter": i, "rank": r, "samples": [...]}`` with ``i``
+    the iteration number as in the metrics (1 = the first) and ``samples`` the dataset
+    indices of its share of global batch ``i``, in the order its micro-batches are loaded.
+    Concatenated in rank order, the shares are the global batch. Written when the sampler
+    hands the share to the loader (which may read a few batches ahead of training); a
+    resumed run appends again from its first iteration. Unset (the default): no trace object
+    exists and nothing is done per batch.
+    """
+
+    def __init__(self, directory: str | os.PathLike[str], rank: int) -> None:
+        self.rank = rank
+        self.path = Path(directory) / f"batches.rank{rank}.jsonl"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    @classmethod
+    def from_env(cls, rank: int) -> BatchTrace | None:
+        directory = os.environ.get(BATCH_TRACE_ENV)
+        return cls(directory, rank) if directory else None
+
+    def write(self, iteration: int, share: list[tuple[int, int]]) -> None:
+        line = {"iter": iteration, "rank": self.rank, "samples": [index for _, index in share]}
+        with self.path.open("a") as f:
+            f.write(json.dumps(line) + "\n")
+
+
 class StreamBatchSampler(Sampler[list[tuple[int, int]]]):
-    """Micro-batches of one worker for iterations ``start .. total-1`` (``accum`` per iteration)."""
+    """Micro-batches of one worker for iterations ``start .. total-1`` (``accum`` per iteration);
+    ``trace``: record each iteration's share (see :class:`BatchTrace`)."""
 
     def __init__(
-        self, stream: GlobalBatchStream, start: int, total: int, rank: int, world: int, accum: int
+        self,
+        stream: GlobalBatchStream,
+        start: int,
+        total: int,
+        rank: int,
+        world: int,
+        accum: int,
+        trace: BatchTrace | None = None,
     ) -> None:
         self.stream, self.start, self.total = stream, start, total
         self.rank, self.world, self.accum = rank, world, accum
+        self.trace = trace
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         for it in range(self.start, self.total):
             share = self.stream.share(it, self.rank, self.world)
             micro = len(share) // self.accum
+            if self.trace is not None:
+                self.trace.write(it + 1, share)
             for m in range(self.accum):
                 yield share[m * micro : (m + 1) * micro]
 

@@ -46,6 +46,7 @@ from raybench.engine.checkpoint import (
     seed_everything,
 )
 from raybench.engine.data import (
+    BatchTrace,
     GlobalBatchStream,
     SeededItems,
     Shard,
@@ -292,7 +293,9 @@ def train(
     generator = torch.Generator()
     train_loader = DataLoader(
         SeededItems(train_set, task.transforms("train", generator), generator, trial.seed),
-        batch_sampler=StreamBatchSampler(stream, start, total, world.rank, world.size, accum),
+        batch_sampler=StreamBatchSampler(
+            stream, start, total, world.rank, world.size, accum, trace=BatchTrace.from_env(world.rank)
+        ),
         collate_fn=task.collate,
         worker_init_fn=seed_worker,
         generator=torch.Generator().manual_seed(_derived_seed(trial.seed, world.rank, start)),

@@ -22,9 +22,14 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--restart-errored",
         action="store_true",
-        help="with --resume: start errored trials from scratch instead",
+        help="with --resume: start errored trials from scratch instead (their checkpoints are "
+        "deleted; finished trials are never touched)",
     )
-    p.add_argument("--only", help="glob pattern(s) over trial names, comma-separated")
+    p.add_argument(
+        "--only",
+        help="glob pattern(s) over trial names, comma-separated (a new experiment only: "
+        "--resume restores the trials the experiment started with)",
+    )
     p.add_argument(
         "--address", help="Ray cluster address (default: RAY_ADDRESS, a running cluster, else a local Ray)"
     )
@@ -63,6 +68,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         driver_cpus=args.driver_cpus,
         worker_retries=args.worker_retries,
         trial_retries=args.trial_retries,
+        no_report=args.no_report,
     )
     summary = run_study(study, options)
     if not args.no_report:

@@ -3,7 +3,8 @@
 ```
 <storage>/<experiment>/              Ray Tune experiment (Tuner state, one folder per Tune trial)
 <storage>/<experiment>/train/<trial> Ray Train run of that trial: its checkpoints
-<storage>/<experiment>/trials/<trial> raybench's own record: status.json, results/*.parquet
+<storage>/<experiment>/trials/<trial> raybench's own record: status.json, results/*.parquet,
+                                     fresh_starts (how often --restart-errored started it over)
 ```
 
 The Train run name is the trial name (no timestamp), so a retried, restored or re-launched
@@ -15,6 +16,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+
+#: Per trial: how many times ``--restart-errored`` started it over (new W&B run each time).
+FRESH_STARTS_FILE = "fresh_starts"
 
 
 def is_uri(path: str) -> bool:
@@ -58,3 +62,24 @@ class ExperimentLayout:
             return str(Path(self.root, "wandb", trial))
         cache = os.environ.get("RAYBENCH_WANDB_DIR", "~/.cache/raybench/wandb")
         return str(Path(cache).expanduser() / self.name / trial)
+
+    def fresh_starts(self, trial: str) -> int:
+        """How many times ``--restart-errored`` started ``trial`` over (0 if never)."""
+        from raybench.results.store import resolve
+
+        fs, path = resolve(join_uri(self.trial_dir(trial), FRESH_STARTS_FILE))
+        if fs.get_file_info(path).type.name != "File":
+            return 0
+        with fs.open_input_stream(path) as f:
+            return int(f.read().decode().strip() or 0)
+
+    def count_fresh_start(self, trial: str) -> int:
+        """Record one more fresh start of ``trial``; returns the new count."""
+        from raybench.results.store import resolve
+
+        count = self.fresh_starts(trial) + 1
+        fs, path = resolve(join_uri(self.trial_dir(trial), FRESH_STARTS_FILE))
+        fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        with fs.open_output_stream(path) as f:
+            f.write(f"{count}\n".encode())
+        return count

@@ -2,21 +2,29 @@
 
 Tune enumerates the trial specs (a grid over their names); each Tune trial is a function
 trainable that launches one ``TorchTrainer``. Resume: ``Tuner.restore`` continues unfinished
-and errored trials, each from its own Train run's last checkpoint.
+and errored trials, each from its own Train run's last checkpoint; with ``restart_errored``
+the errored ones lose their Train run (checkpoints) first, so they start at iteration 0.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import shlex
 import sys
+import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from raybench.results.store import ray_storage
 from raybench.study import Study, TrialSpec
-from raybench.sweep.layout import ExperimentLayout, is_uri
-from raybench.sweep.trainable import TRIAL_KEY, dumps_specs, forwarded_env, run_trial
+from raybench.sweep.layout import ExperimentLayout, is_uri, join_uri
+from raybench.sweep.trainable import RESUMES_FILE, TRIAL_KEY, dumps_specs, forwarded_env, run_trial
+
+#: How the sweep got its Ray: started here (``local``), joined a running cluster
+#: (``joined``: an address, RAY_ADDRESS or ``auto``), or found it initialised by the caller.
+RayMode = Literal["local", "joined", "caller"]
 
 
 @dataclass(frozen=True)
@@ -33,54 +41,86 @@ class SweepOptions:
     trial_retries: int = 1
     worker_retries: int = 2
     driver_cpus: float | None = None  # None: the study's scaling.driver_cpus
+    no_report: bool = False  # the CLI's --no-report: the sweep ignores it, the resume command keeps it
 
 
-def connect(options: SweepOptions) -> None:
-    """Join a running cluster (RAY_ADDRESS / --address / a local one) or start local Ray."""
+def connect(options: SweepOptions) -> RayMode:
+    """Join a running cluster (RAY_ADDRESS / --address / a local one) or start local Ray.
+
+    Returns how Ray was reached; it decides how concurrency is chosen (:func:`max_concurrency`).
+    """
     import ray
 
     if ray.is_initialized():
-        return
+        return "joined" if options.address else "caller"
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     # Train's controller polls workers at this period; 2 s dominates toy trials.
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
     address = options.address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address)
-        return
+        return "joined"
     if options.num_cpus is None:  # an explicit --num-cpus means "a local Ray of that size"
         try:
             ray.init(address="auto")  # a cluster started with `ray start` / `ray up` on this node
-            return
+            return "joined"
         except (ConnectionError, RuntimeError, ValueError):
             pass
     # Local Ray: the dashboard stays off (nothing listens beyond localhost by default).
     ray.init(num_cpus=options.num_cpus, include_dashboard=False, configure_logging=False)
+    return "local"
 
 
-def max_concurrency(trials: list[TrialSpec], driver_cpus: float, study_cap: int | None) -> int:
-    """How many trials fit at once: each costs ``driver_cpus`` + its workers' resources.
+def max_concurrency(
+    trials: list[TrialSpec],
+    driver_cpus: float,
+    study_cap: int | None,
+    mode: RayMode = "local",
+    resources: Mapping[str, float] | None = None,
+) -> tuple[int | None, str]:
+    """``(max concurrent trials or None for no cap, why)``.
 
-    Train V2 schedules its workers outside the Tune trial's resources, so Tune alone would
-    start one driver per free CPU and starve the workers; we cap it here. With no GPU in the
-    cluster yet (an autoscaling cluster that starts empty) the study's cap or the grid size
-    is used and the autoscaler adds nodes.
+    - A Ray on this machine (started by raybench, or by the caller in this process) has a
+      fixed size: cap by what fits, each trial costing ``driver_cpus`` + its workers'
+      resources. Train V2 schedules its workers outside the Tune trial's resources, so
+      Tune alone would start one driver per free CPU and starve the workers.
+    - A joined cluster (``--address``, ``RAY_ADDRESS``, ``auto``) may autoscale (GPU workers
+      from 0): its resources now say nothing about what it can grow to. Use the study's
+      ``max_concurrent_trials`` if set, else no cap: Tune keeps trials pending until their
+      resources exist and the autoscaler adds nodes for them.
     """
-    import ray
-
-    total = ray.cluster_resources()
     s = trials[0].scaling
-    cpus = total.get("CPU", 0.0)
-    by_cpu = math.floor(cpus / (driver_cpus + s.workers * s.cpus_per_worker)) if cpus else 0
-    fits = by_cpu
-    if s.use_gpu:
-        gpus = total.get("GPU", 0.0)
-        if gpus == 0:
-            fits = len(trials)  # autoscaling: GPU nodes appear on demand
-        elif s.gpus_per_worker > 0:
-            fits = min(by_cpu, math.floor(gpus / (s.workers * s.gpus_per_worker)))
-    fits = max(1, fits)
-    return min(fits, study_cap) if study_cap else fits
+    if mode == "joined":
+        if study_cap:
+            return study_cap, f"joined cluster: the study's scaling.max_concurrent_trials = {study_cap}"
+        return None, (
+            "joined cluster: no cap (trials wait until their resources exist; an autoscaler adds "
+            "nodes for them); set scaling.max_concurrent_trials in the study to cap"
+        )
+    if resources is None:
+        import ray
+
+        resources = ray.cluster_resources()
+    cpus, gpus = float(resources.get("CPU", 0.0)), float(resources.get("GPU", 0.0))
+    per_cpu = driver_cpus + s.workers * s.cpus_per_worker
+    fits = math.floor(cpus / per_cpu + 1e-9) if cpus and per_cpu > 0 else len(trials)
+    what = _count(per_cpu, "CPU")
+    if s.use_gpu and s.gpus_per_worker > 0:
+        per_gpu = s.workers * s.gpus_per_worker
+        fits = min(fits, math.floor(gpus / per_gpu + 1e-9))
+        what += f" + {_count(per_gpu, 'GPU')}"
+    who = "local Ray started by raybench" if mode == "local" else "the Ray this process started"
+    reason = f"{who} ({_count(cpus, 'CPU')}, {_count(gpus, 'GPU')}), each trial takes {what}"
+    if fits < 1:
+        reason += "; not even one trial fits: they will wait for resources that never come"
+        fits = 1
+    if study_cap and study_cap < fits:
+        return study_cap, f"{reason}; capped by the study's scaling.max_concurrent_trials = {study_cap}"
+    return fits, reason
+
+
+def _count(n: float, unit: str) -> str:
+    return f"{n:g} {unit}" + ("" if n == 1 else "s")
 
 
 def prepare_synthetic(trials: list[TrialSpec]) -> None:
@@ -101,34 +141,92 @@ def prepare_synthetic(trials: list[TrialSpec]) -> None:
         done.add(d.root)
 
 
+def errored_trials(root_path: str, storage_fs: Any) -> list[str]:
+    """Names of the trials Tune recorded as ERROR in the experiment at ``root_path``."""
+    from ray import tune
+
+    analysis = tune.ExperimentAnalysis(root_path, storage_filesystem=storage_fs)
+    return sorted(str(t.config.get(TRIAL_KEY)) for t in analysis.trials if t.status == "ERROR")
+
+
+def reset_trials(layout: ExperimentLayout, names: list[str]) -> tuple[list[str], list[str]]:
+    """Remove what would make these trials resume instead of starting fresh: the Train run
+    (``train/<trial>``: its checkpoints and the snapshot Train V2 reloads on start), the
+    resume records and the failure status. Results rows stay (a fresh run re-reports every
+    iteration, newer rows win on read-back; the cost table counts the lost time), and so do
+    fault-drill markers. A trial whose status says ``finished`` is never touched.
+
+    Returns ``(reset, kept_because_finished)``.
+    """
+    from raybench.results.store import STATUS_FILE, read_status_of, resolve
+
+    reset, kept = [], []
+    for name in names:
+        status = read_status_of(layout.trial_dir(name))
+        if status and status.get("state") == "finished":
+            kept.append(name)
+            continue
+        fs, train_dir = resolve(join_uri(layout.train_storage, name))
+        if fs.get_file_info(train_dir).type.name == "Directory":
+            fs.delete_dir(train_dir)
+        fs, trial_dir = resolve(layout.trial_dir(name))
+        for f in (RESUMES_FILE, STATUS_FILE):
+            if fs.get_file_info(f"{trial_dir}/{f}").type.name == "File":
+                fs.delete_file(f"{trial_dir}/{f}")
+        layout.count_fresh_start(name)  # the restarted trial logs to a new W&B run
+        reset.append(name)
+    return reset, kept
+
+
 def run_study(study: Study, options: SweepOptions) -> dict[str, Any]:
     """Run (or resume) the study's sweep; returns per-trial final state and metrics."""
     from ray import tune
 
     trials = study.select(options.only)
     driver_cpus = study.scaling.driver_cpus if options.driver_cpus is None else options.driver_cpus
-    prepare_synthetic(trials)
     layout = ExperimentLayout.create(options.storage, options.experiment or study.name)
-    connect(options)
-    specs = dumps_specs(trials)
+    storage_path, storage_fs = ray_storage(layout.storage)
+    root_path, _ = ray_storage(layout.root)
+    restoring = options.resume and tune.Tuner.can_restore(root_path, storage_filesystem=storage_fs)
+    if restoring and options.only:
+        print(
+            f"[raybench] warning: --only {options.only!r} is ignored with --resume: the experiment "
+            "restores the trials it started with (use --experiment NAME for a separate subset)"
+        )
+    if options.restart_errored and not restoring:
+        print("[raybench] warning: --restart-errored does nothing without an experiment to --resume")
+    prepare_synthetic(list(study.trials) if restoring else trials)
+    mode = connect(options)
     settings = {
         "layout": {"storage": layout.storage, "name": layout.name},
         "worker_retries": options.worker_retries,
         "env": forwarded_env(),
+        "session": uuid.uuid4().hex,  # this run_study call (a Tune retry shares it, a resume does not)
     }
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, specs=specs, settings=settings),
+        # Every spec of the study: a restored experiment may hold trials outside --only.
+        tune.with_parameters(run_trial, specs=dumps_specs(list(study.trials)), settings=settings),
         {"CPU": max(driver_cpus, 0.01)},
     )
-    concurrency = max_concurrency(trials, driver_cpus, study.scaling.max_concurrent_trials)
     resume_cmd = resume_command(study, options, layout)
-    print(f"[raybench] experiment {layout.root}: {len(trials)} trials, up to {concurrency} at once")
+    print(f"[raybench] experiment {layout.root}: {len(trials)} trials")
     print(f"[raybench] resume after any failure with: {resume_cmd}")
-    sys.stdout.flush()
 
-    storage_path, storage_fs = ray_storage(layout.storage)
-    root_path, _ = ray_storage(layout.root)
-    if options.resume and tune.Tuner.can_restore(root_path, storage_filesystem=storage_fs):
+    if restoring:
+        print(
+            "[raybench] concurrency and trial retries: as when the experiment started "
+            "(Tune restores its TuneConfig and RunConfig)"
+        )
+        if options.restart_errored:
+            errored = errored_trials(root_path, storage_fs)
+            reset, kept = reset_trials(layout, errored)
+            if reset:
+                print(f"[raybench] --restart-errored: starting fresh (iteration 0): {', '.join(reset)}")
+            else:
+                print("[raybench] --restart-errored: no errored trial to restart")
+            if kept:
+                print(f"[raybench] --restart-errored: already finished, kept: {', '.join(kept)}")
+        sys.stdout.flush()
         tuner = tune.Tuner.restore(
             root_path,
             trainable=trainable,
@@ -140,6 +238,9 @@ def run_study(study: Study, options: SweepOptions) -> dict[str, Any]:
     else:
         if options.resume:
             print(f"[raybench] nothing to resume at {layout.root}; starting it")
+        concurrency, why = max_concurrency(trials, driver_cpus, study.scaling.max_concurrent_trials, mode)
+        print(f"[raybench] concurrency: {concurrency or 'no cap'} -- {why}")
+        sys.stdout.flush()
         tuner = tune.Tuner(
             trainable,
             param_space={TRIAL_KEY: tune.grid_search([t.name for t in trials])},
@@ -171,17 +272,39 @@ def run_study(study: Study, options: SweepOptions) -> dict[str, Any]:
         f"results in {layout.root}"
     )
     if failed:
-        print(f"[raybench] failed: {', '.join(sorted(failed))}\n[raybench] retry with: {resume_cmd}")
+        print(f"[raybench] failed: {', '.join(sorted(failed))}")
+    print(f"[raybench] resume with: {resume_cmd}")
+    sys.stdout.flush()
     return summary
 
 
 def resume_command(study: Study, options: SweepOptions, layout: ExperimentLayout) -> str:
-    parts = ["python experiments/run_grid.py", "--study", study.source, "--storage", layout.storage]
+    """The command that resumes this run: every option given that shapes the run, ``--resume``.
+
+    ``--only`` is left out (a restored experiment keeps the trials it started with) and
+    ``--restart-errored`` too (a one-off decision for the next resume).
+    """
+    defaults = SweepOptions()
+    parts = ["python", "experiments/run_grid.py", "--study", study.source, "--storage", layout.storage]
     if options.experiment:
         parts += ["--experiment", options.experiment]
-    if options.only:
-        parts += ["--only", repr(options.only)]
-    return " ".join(parts + ["--resume"])
+    for field in ("address", "num_cpus", "driver_cpus", "worker_retries", "trial_retries"):
+        value = getattr(options, field)
+        if value is not None and value != getattr(defaults, field):
+            text = f"{value:g}" if isinstance(value, float) else str(value)
+            parts += [f"--{field.replace('_', '-')}", text]
+    if options.no_report:
+        parts.append("--no-report")
+    return shlex.join([*parts, "--resume"])
 
 
-__all__ = ["SweepOptions", "connect", "max_concurrency", "run_study", "resume_command", "is_uri"]
+__all__ = [
+    "SweepOptions",
+    "connect",
+    "errored_trials",
+    "is_uri",
+    "max_concurrency",
+    "reset_trials",
+    "resume_command",
+    "run_study",
+]

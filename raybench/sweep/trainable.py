@@ -8,10 +8,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +26,14 @@ TRIAL_KEY = "trial"
 CHECKPOINT_META = "raybench.json"
 RESUMES_FILE = "resumes.jsonl"
 FAULT_ENV = "RAYBENCH_FAULT_INJECT"
+NAN_ENV = "RAYBENCH_NAN_INJECT"
+#: ``failure.kind`` in status.json of a failure that a retry would only repeat.
+DETERMINISTIC = "deterministic"
+
+
+class TrialFailed(RuntimeError):
+    """The trial failed in a way no retry can fix (a non-finite loss): its message is the
+    worker's own (``NonFiniteLossError: non-finite loss at iteration k: <term> = nan ...``)."""
 
 
 def maybe_inject_fault(trial: str, iteration: int, layout: ExperimentLayout) -> None:
@@ -52,6 +63,65 @@ def maybe_inject_fault(trial: str, iteration: int, layout: ExperimentLayout) -> 
         f.write(str(os.getpid()).encode())
     print(f"[raybench] fault drill: killing the train worker of {trial} at iteration {iteration}", flush=True)
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+class _NanLoss:
+    """A task whose ``train_step`` returns a NaN ``term`` at iteration ``at`` (1-based, as in
+    the metrics); everything else is the wrapped task's."""
+
+    def __init__(self, task: Any, at: int, term: str | None, start: int, accum: int) -> None:
+        self._task, self._at, self._term = task, at, term
+        self._start, self._accum, self._calls = start, accum, 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._task, name)
+
+    def train_step(self, model: Any, batch: Any) -> Any:
+        losses = self._task.train_step(model, batch)
+        iteration = self._start + self._calls // self._accum + 1
+        self._calls += 1
+        if iteration != self._at:
+            return losses
+        term = self._term or next(iter(losses))
+        if term not in losses:
+            raise ValueError(f"{NAN_ENV}: no loss term {term!r} (terms: {', '.join(losses)})")
+        return dict(losses) | {term: losses[term] * float("nan")}
+
+
+@contextlib.contextmanager
+def nan_drill(trial: TrialSpec, start: int, world_size: int) -> Iterator[None]:
+    """Failure drill: ``RAYBENCH_NAN_INJECT="<trial glob>@<iter>[:<term>]"`` makes the loss
+    term ``<term>`` (default: the task's first) NaN at iteration ``<iter>`` of matching
+    trials, every time that iteration is trained (a real non-finite loss is deterministic
+    too), so the engine stops with its ``NonFiniteLossError``. Off (nothing wrapped) unless set.
+
+    The engine builds its task itself; the drill wraps ``raybench.engine.loop.build_task``
+    in this worker process for the duration of the run.
+    """
+    spec = os.environ.get(NAN_ENV, "")
+    pattern, _, rest = spec.rpartition("@")
+    at, _, term = rest.partition(":")
+    import fnmatch
+
+    if not pattern or not at.isdigit() or not fnmatch.fnmatchcase(trial.name, pattern):
+        yield
+        return
+    import dataclasses
+
+    import raybench.engine.loop as loop
+
+    scaling = dataclasses.replace(trial.scaling, workers=world_size)
+    _, accum = scaling.per_worker_batch(trial.recipe.batch_size)
+    original = loop.build_task
+
+    def build_task(t: TrialSpec) -> Any:
+        return _NanLoss(original(t), int(at), term or None, start, accum)
+
+    loop.build_task = build_task
+    try:
+        yield
+    finally:
+        loop.build_task = original
 
 
 class RayReporter:
@@ -89,6 +159,7 @@ class RayReporter:
                 tags=[trial.backbone.arch, trial.backbone.pretraining, trial.regime],
                 config=trial.to_dict() | {"trial_name": trial.name, "axes": axes},
                 run_dir=layout.wandb_dir(trial.name),
+                fresh_start=layout.fresh_starts(trial.name),
             )
             t = time.time()
             self.tracker.start()
@@ -157,7 +228,7 @@ def train_worker(config: dict[str, Any]) -> None:
     import ray.train
     import torch
 
-    from raybench.engine import train
+    from raybench.engine import NonFiniteLossError, train
     from raybench.results.store import write_status
 
     trial = TrialSpec.from_json(config[TRIAL_KEY])
@@ -182,12 +253,31 @@ def train_worker(config: dict[str, Any]) -> None:
             checkpoint = ray.train.get_checkpoint()
             if checkpoint is not None:
                 with checkpoint.as_directory() as resume_dir:
+                    start = checkpoint_iteration(Path(resume_dir))
                     if rank == 0:
                         record_resume(layout, trial.name, Path(resume_dir))
-                    final = train(trial, Path(work), reporter=reporter, resume_from=Path(resume_dir))
+                    with nan_drill(trial, start or 0, ctx.get_world_size()):
+                        final = train(trial, Path(work), reporter=reporter, resume_from=Path(resume_dir))
             else:
-                final = train(trial, Path(work), reporter=reporter, resume_from=None)
+                with nan_drill(trial, 0, ctx.get_world_size()):
+                    final = train(trial, Path(work), reporter=reporter, resume_from=None)
         ok = True
+    except NonFiniteLossError as exc:
+        # Deterministic: a retry from the last checkpoint would compute the same NaN. Every
+        # worker raises it together (the losses are averaged over workers first), so every
+        # worker returns normally here and Ray Train does not restart the group; the trial's
+        # driver reads this status and fails the Tune trial with this message.
+        if rank == 0:
+            failure = {"kind": DETERMINISTIC, "type": type(exc).__name__}
+            failure |= {"iteration": exc.iteration, "term": exc.term}
+            write_status(
+                layout.trial_dir(trial.name),
+                "failed",
+                f"{type(exc).__name__}: {exc}",
+                extra=base_extra | {"failure": failure, "session": config.get("session")},
+            )
+        print(f"[raybench] {trial.name}: {type(exc).__name__}: {exc}", flush=True)
+        return
     except BaseException as exc:
         if rank == 0:
             write_status(
@@ -213,11 +303,16 @@ def train_worker(config: dict[str, Any]) -> None:
         )
 
 
-def record_resume(layout: ExperimentLayout, trial: str, checkpoint_dir: Path) -> None:
-    """Append to ``trials/<trial>/resumes.jsonl`` where this run resumed from (an audit trail)."""
+def checkpoint_iteration(checkpoint_dir: Path) -> int | None:
+    """The iteration a checkpoint folder was written at (from its ``raybench.json``)."""
     meta_file = checkpoint_dir / CHECKPOINT_META
     meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
-    record = {"from_iter": meta.get("iter"), "time": time.time()}
+    return meta.get("iter")
+
+
+def record_resume(layout: ExperimentLayout, trial: str, checkpoint_dir: Path) -> None:
+    """Append to ``trials/<trial>/resumes.jsonl`` where this run resumed from (an audit trail)."""
+    record = {"from_iter": checkpoint_iteration(checkpoint_dir), "time": time.time()}
     print(f"[raybench] {trial}: resuming from the checkpoint of iteration {record['from_iter']}", flush=True)
     from raybench.results.store import resolve
 
@@ -248,14 +343,21 @@ def run_trial(config: dict[str, Any], specs: dict[str, str], settings: dict[str,
     from raybench.results.store import ray_storage, read_status_of
 
     name = config[TRIAL_KEY]
+    if name not in specs:
+        raise ValueError(f"trial {name!r} of the restored experiment is not in the study any more")
     trial = TrialSpec.from_json(specs[name])
     layout = ExperimentLayout(**settings["layout"])
+    session = settings.get("session")
     status = read_status_of(layout.trial_dir(name))
     if status and status.get("state") == "finished":
         # A finished trial is never trained again (e.g. its driver died after the last report).
         print(f"[raybench] {name}: already finished, not re-training")
         tune.report(dict(status.get("final", {})) | {"already_finished": 1.0})
         return
+    if _deterministic_failure(status) and session and status.get("session") == session:
+        # A Tune retry within the same run: training again would end the same way.
+        print(f"[raybench] {name}: not retried (deterministic failure; --resume tries again)", flush=True)
+        raise TrialFailed(str(status.get("message")))
     s = trial.scaling
     storage_path, storage_fs = ray_storage(layout.train_storage)
     per_worker = {"CPU": float(s.cpus_per_worker)}
@@ -267,6 +369,7 @@ def run_trial(config: dict[str, Any], specs: dict[str, str], settings: dict[str,
             TRIAL_KEY: trial.to_json(),
             "layout": settings["layout"],
             "driver_started": time.time(),
+            "session": session,
         },
         torch_config=TorchConfig(backend="nccl" if s.use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
@@ -284,19 +387,71 @@ def run_trial(config: dict[str, Any], specs: dict[str, str], settings: dict[str,
             worker_runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"} | settings.get("env", {})},
         ),
     )
+    fit_started = time.time()
     try:
         trainer.fit()
     except Exception as exc:
-        # A worker that was killed could not say so itself: the driver records the failure.
+        # A worker that failed with an exception recorded it itself (keep that message); one
+        # that was killed could not: then the driver records the failure's own last line.
         from raybench.results.store import write_status
 
-        write_status(
-            layout.trial_dir(name),
-            "failed",
-            f"{type(exc).__name__}: {exc}"[:2000],
-            extra={"metric": trial.dataset.headline_metric},
-        )
+        status = read_status_of(layout.trial_dir(name))
+        if not _worker_reported(status, exc, since=fit_started):
+            write_status(
+                layout.trial_dir(name),
+                "failed",
+                failure_message(exc),
+                extra={"metric": trial.dataset.headline_metric},
+            )
         raise
+    status = read_status_of(layout.trial_dir(name))
+    if _deterministic_failure(status) and float(status.get("updated", 0)) >= fit_started:
+        raise TrialFailed(str(status.get("message")))
+
+
+def _deterministic_failure(status: dict[str, Any] | None) -> bool:
+    failure = (status or {}).get("failure")
+    return bool(status and status.get("state") == "failed" and isinstance(failure, dict)) and (
+        failure.get("kind") == DETERMINISTIC
+    )
+
+
+def _worker_reported(status: dict[str, Any] | None, exc: BaseException, since: float) -> bool:
+    """Whether a worker wrote this failure's message into status.json during this fit."""
+    if not status or status.get("state") != "failed" or not status.get("message"):
+        return False
+    if float(status.get("updated", 0)) < since:
+        return False
+    failures = getattr(exc, "worker_failures", None) or {}
+    return not failures or any(type(e).__name__ in str(status["message"]) for e in failures.values())
+
+
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt|Fault)\b.*")
+
+
+def failure_message(exc: BaseException, limit: int = 2000) -> str:
+    """One readable line for a failed Train run: the worker's own exception (lowest failing
+    rank) rather than the whole traceback Train V2 wraps it in; else the last exception
+    line of the text (a traceback ends with it)."""
+    where = ""
+    failures = getattr(exc, "worker_failures", None)
+    if failures:
+        rank = min(failures)
+        err: BaseException = failures[rank]
+        where = f"worker {rank}" + (f" (and {len(failures) - 1} more)" if len(failures) > 1 else "") + ": "
+    else:
+        err = getattr(exc, "controller_failure", None) or exc
+    text = str(err).strip()
+    lines = [ln.rstrip() for ln in text.splitlines() if ln.strip()]
+    if len(lines) > 1:
+        found = [ln for ln in lines if _EXCEPTION_LINE.match(ln)]
+        line = found[-1] if found else lines[0]
+    else:
+        line = lines[0] if lines else ""
+    kind = type(err).__name__
+    head = line if line.startswith(kind) or _EXCEPTION_LINE.match(line) else f"{kind}: {line}"
+    outer = "" if err is exc else f"{type(exc).__name__}: "
+    return f"{outer}{where}{head}"[:limit]
 
 
 def forwarded_env() -> dict[str, str]:
@@ -309,7 +464,9 @@ def forwarded_env() -> dict[str, str]:
         "WANDB_ENTITY",
         "HF_HUB_OFFLINE",
         "RAYBENCH_WANDB_DIR",
-        "RAYBENCH_FAULT_INJECT",
+        FAULT_ENV,
+        NAN_ENV,
+        "RAYBENCH_BATCH_TRACE",
         "AWS_ENDPOINT_URL",
         "AWS_ACCESS_KEY_ID",
         "AWS_SECRET_ACCESS_KEY",
@@ -322,4 +479,13 @@ def dumps_specs(trials: list[TrialSpec]) -> dict[str, str]:
     return {t.name: t.to_json() for t in trials}
 
 
-__all__ = ["RayReporter", "dumps_specs", "forwarded_env", "run_trial", "train_worker"]
+__all__ = [
+    "RayReporter",
+    "TrialFailed",
+    "dumps_specs",
+    "failure_message",
+    "forwarded_env",
+    "nan_drill",
+    "run_trial",
+    "train_worker",
+]

@@ -22,9 +22,12 @@ from urllib.parse import urlparse
 log = logging.getLogger("raybench.tracking")
 
 
-def run_id(experiment: str, trial: str) -> str:
-    """Stable W&B run id for (experiment, trial): a retry or restore resumes the same run."""
-    return hashlib.sha1(f"{experiment}/{trial}".encode()).hexdigest()[:16]
+def run_id(experiment: str, trial: str, fresh_start: int = 0) -> str:
+    """Stable W&B run id for (experiment, trial): a retry or restore resumes the same run.
+    ``fresh_start`` counts ``--restart-errored`` restarts: a trial started over from iteration
+    0 gets a new run (W&B would drop the steps the old run already logged)."""
+    key = f"{experiment}/{trial}" + (f"#{fresh_start}" if fresh_start else "")
+    return hashlib.sha1(key.encode()).hexdigest()[:16]
 
 
 def _netrc_has_key() -> bool:
@@ -66,9 +69,10 @@ class WandbTracker:
         project: str | None = None,
         entity: str | None = None,
         enabled: bool = True,
+        fresh_start: int = 0,
     ):
         self.trial = trial
-        self.id = run_id(experiment, trial)
+        self.id = run_id(experiment, trial, fresh_start)
         self.project = project or os.environ.get("WANDB_PROJECT", "raybench")
         self.entity = entity or os.environ.get("WANDB_ENTITY")
         self.group, self.job_type, self.tags = group, job_type, list(tags)
