@@ -27,7 +27,6 @@ from raybench.study.spec import DECODERS, DatasetSpec
 CLASS_PLACEHOLDER = "<class>"
 
 
-
 def _dataset_class(fmt: str) -> type | None:
     """The registered class of ``fmt``; None if the registry cannot be imported or ``fmt`` is
     unknown (an unknown format is reported by the loader)."""
