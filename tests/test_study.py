@@ -492,3 +492,21 @@ def test_paper_values_written_out_are_the_defaults_they_replace():
     defaults = dataset_options("rareplanes")
     for key in ("class_attribute", "class_map", "class_names", "unmapped"):
         assert rp[key] == defaults[key] or list(rp[key]) == list(defaults[key]), key
+
+
+def test_unknown_timm_architecture_is_reported_with_its_index():
+    data = minimal()
+    data["backbones"].insert(0, {"id": "broken"})  # fails to parse: later indices must not shift
+    data["backbones"].append(dict(data["backbones"][1], id="typo", timm_name="convnxt_tiny.fb_in1k"))
+    msgs = problems(data)
+    assert any(
+        m.startswith("backbones[2].timm_name: unknown timm architecture 'convnxt_tiny' (did you mean ")
+        and "see timm.list_models()" in m
+        for m in msgs
+    ), msgs
+    assert not any(m.startswith("backbones[1].timm_name") for m in msgs)  # the valid one
+    # Other checks name YAML indices too, not positions among the parsed entries.
+    assert (
+        "backbones[2]: duplicate backbone arch+pretraining (trial names would collide): "
+        "'convnext_t-supervised'" in msgs
+    ), msgs

@@ -21,10 +21,28 @@ from dataclasses import replace
 from typing import Any
 
 from raybench.study.schema import Collector, convert, did_you_mean, join
-from raybench.study.spec import DECODERS, DatasetSpec
+from raybench.study.spec import DECODERS, BackboneSpec, DatasetSpec
 
 #: Stands for a class name in per-class metric names (``val/IoU-<class>``).
 CLASS_PLACEHOLDER = "<class>"
+
+
+def check_backbone(backbone: BackboneSpec, path: str, out: Collector) -> None:
+    """The architecture in ``timm_name`` must exist in the installed timm: a typo would
+    otherwise surface only when a trial builds its model on a GPU worker. Only the
+    architecture is checked (``convnext_tiny`` of ``convnext_tiny.fb_in1k``); which pretrained
+    tags exist depends on the timm version and the hub, and is reported when weights load."""
+    try:
+        import timm
+    except ImportError:
+        return
+    arch = backbone.model_name
+    if not timm.is_model(arch):
+        out.add(
+            join(path, "timm_name"),
+            f"unknown timm architecture {arch!r}{did_you_mean(arch, timm.list_models())} "
+            f"(timm {timm.__version__}; see timm.list_models())",
+        )
 
 
 def _dataset_class(fmt: str) -> type | None:

@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from raybench.study.checks import check_dataset, check_metric
+from raybench.study.checks import check_backbone, check_dataset, check_metric
 from raybench.study.schema import (
     Collector,
     Problem,
@@ -113,9 +113,11 @@ def known_formats() -> list[str] | None:
     return list(list_datasets())
 
 
-def _check_unique(items: list[str], path: str, what: str, out: Collector) -> None:
+def _check_unique(items: list[tuple[int, str]], path: str, what: str, out: Collector) -> None:
+    """``items``: (YAML index, key) -- entries that failed to parse are absent, so the index is
+    carried along rather than recounted."""
     seen: set[str] = set()
-    for i, item in enumerate(items):
+    for i, item in items:
         if item in seen:
             out.add(join(path, i), f"duplicate {what} {item!r}")
         seen.add(item)
@@ -151,19 +153,22 @@ def parse_study(
         if d is not None
     ]
     datasets = tuple(d for _, d in datasets_at)
-    backbones = tuple(
-        replace(b, weights=expand_path(b.weights, base) if b.weights else None)
-        for b in (top.backbones or ())
+    # (YAML index, backbone): a backbone that failed to parse is dropped, its index is kept.
+    backbones_at = [
+        (i, replace(b, weights=expand_path(b.weights, base) if b.weights else None))
+        for i, b in enumerate(top.backbones or ())
         if b is not None
-    )
-    rows = tuple(r for r in (top.rows or ()) if r is not None)
+    ]
+    backbones = tuple(b for _, b in backbones_at)
+    rows_at = [(i, r) for i, r in enumerate(top.rows or ()) if r is not None]
+    rows = tuple(r for _, r in rows_at)
 
-    _check_unique([d.id for d in datasets], "datasets", "dataset id", out)
-    _check_unique([b.id for b in backbones], "backbones", "backbone id", out)
-    _check_unique([f"{r.backbone}/{r.regime}" for r in rows], "rows", "row", out)
-    _check_unique([str(s) for s in top.seeds], "seeds", "seed", out)
+    _check_unique([(i, d.id) for i, d in datasets_at], "datasets", "dataset id", out)
+    _check_unique([(i, b.id) for i, b in backbones_at], "backbones", "backbone id", out)
+    _check_unique([(i, f"{r.backbone}/{r.regime}") for i, r in rows_at], "rows", "row", out)
+    _check_unique([(i, str(s)) for i, s in enumerate(top.seeds)], "seeds", "seed", out)
     _check_unique(
-        [f"{b.arch}-{b.pretraining}" for b in backbones],
+        [(i, f"{b.arch}-{b.pretraining}") for i, b in backbones_at],
         "backbones",
         "backbone arch+pretraining (trial names would collide):",
         out,
@@ -184,7 +189,8 @@ def parse_study(
                 f"unknown backbone {row.backbone!r}{did_you_mean(row.backbone, backbone_ids)}"
                 f"; known: {sorted(backbone_ids)}",
             )
-    for i, b in enumerate(backbones):
+    for i, b in backbones_at:
+        check_backbone(b, join("backbones", i), out)
         if b.weights and not dry_run and "://" not in b.weights and not Path(b.weights).is_file():
             out.add(join(join("backbones", i), "weights"), f"weights file not found: {b.weights}")
         if b.weights and not b.pretrained:
@@ -304,7 +310,7 @@ def parse_study(
                         scaling=top.scaling,
                     )
                 )
-    _check_unique([t.name for t in trials], "trials", "trial name", out)
+    _check_unique(list(enumerate(t.name for t in trials)), "trials", "trial name", out)
     if out.problems:
         # Deduplicate: the same merged-recipe problem would repeat for every backbone.
         seen: set[tuple[str, str]] = set()
