@@ -396,17 +396,24 @@ def test_max_concurrency_caps_local_ray_only(tmp_path, monkeypatch):
         "the Ray this process started (18 CPUs, 0 GPUs), each trial takes 1.5 CPUs",
     )
 
-    # Joined cluster (autoscaling GPU workers from 0): its current resources are not a cap.
-    def no_peeking():
-        raise AssertionError("a joined cluster's current resources must not cap the sweep")
-
-    monkeypatch.setattr(ray, "cluster_resources", no_peeking)
+    # Joined cluster, autoscaling GPU workers from 0: no GPU yet is not a cap.
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 8.0})
     n, why = max_concurrency(trials, 1.0, None, "joined")
-    assert n is None and why.startswith("joined cluster: no cap")
+    assert n is None and why.startswith("joined cluster with no GPU yet: no cap")
     assert max_concurrency(trials, 1.0, 8, "joined") == (
         8,
         "joined cluster: the study's scaling.max_concurrent_trials = 8",
     )
+    # A joined cluster as it is now (fixed size, or GPU nodes already up): what fits, or the
+    # drivers take the CPUs the workers need and the worker groups time out.
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 64.0, "GPU": 4.0})
+    n, why = max_concurrency(trials, 1.0, None, "joined")
+    assert n == 2 and why.startswith(
+        "joined cluster, as it is now (64 CPUs, 4 GPUs), each trial takes 9 CPUs"
+    )
+    assert "set scaling.max_concurrent_trials to run more" in why
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
+    assert max_concurrency(cpu_only, 0.5, None, "joined")[0] == 1  # a 2-CPU cluster joined via auto
 
 
 def test_resume_command_carries_every_option(tmp_path):

@@ -80,37 +80,49 @@ def max_concurrency(
 ) -> tuple[int | None, str]:
     """``(max concurrent trials or None for no cap, why)``.
 
-    - A Ray on this machine (started by raybench, or by the caller in this process) has a
-      fixed size: cap by what fits, each trial costing ``driver_cpus`` + its workers'
-      resources. Train V2 schedules its workers outside the Tune trial's resources, so
-      Tune alone would start one driver per free CPU and starve the workers.
-    - A joined cluster (``--address``, ``RAY_ADDRESS``, ``auto``) may autoscale (GPU workers
-      from 0): its resources now say nothing about what it can grow to. Use the study's
-      ``max_concurrent_trials`` if set, else no cap: Tune keeps trials pending until their
-      resources exist and the autoscaler adds nodes for them.
+    Each trial costs ``driver_cpus`` + its workers' resources. Train V2 schedules its workers
+    outside the Tune trial's resources, so Tune alone would start one driver per free CPU and
+    starve the workers (their group start times out); the cap prevents that.
+
+    - The study's ``scaling.max_concurrent_trials`` always wins.
+    - A joined cluster (``--address``, ``RAY_ADDRESS``, ``auto``) whose trials need GPUs but
+      which has none yet is an autoscaling cluster starting from zero: no cap (trials wait
+      pending and the autoscaler adds GPU nodes for them).
+    - Otherwise (a local Ray, or a joined cluster as it is now): what fits in the current
+      resources. An autoscaling cluster grows only for pending trials, so a study that wants
+      more at once than the nodes already up sets ``max_concurrent_trials``.
     """
+    if study_cap and mode == "joined":
+        return study_cap, f"joined cluster: the study's scaling.max_concurrent_trials = {study_cap}"
     s = trials[0].scaling
-    if mode == "joined":
-        if study_cap:
-            return study_cap, f"joined cluster: the study's scaling.max_concurrent_trials = {study_cap}"
-        return None, (
-            "joined cluster: no cap (trials wait until their resources exist; an autoscaler adds "
-            "nodes for them); set scaling.max_concurrent_trials in the study to cap"
-        )
     if resources is None:
         import ray
 
         resources = ray.cluster_resources()
     cpus, gpus = float(resources.get("CPU", 0.0)), float(resources.get("GPU", 0.0))
+    needs_gpu = s.use_gpu and s.gpus_per_worker > 0
+    if mode == "joined" and needs_gpu and gpus == 0:
+        return None, (
+            "joined cluster with no GPU yet: no cap (trials wait until their resources exist; an "
+            "autoscaler adds nodes for them); set scaling.max_concurrent_trials in the study to cap"
+        )
     per_cpu = driver_cpus + s.workers * s.cpus_per_worker
     fits = math.floor(cpus / per_cpu + 1e-9) if cpus and per_cpu > 0 else len(trials)
     what = _count(per_cpu, "CPU")
-    if s.use_gpu and s.gpus_per_worker > 0:
+    if needs_gpu:
         per_gpu = s.workers * s.gpus_per_worker
         fits = min(fits, math.floor(gpus / per_gpu + 1e-9))
         what += f" + {_count(per_gpu, 'GPU')}"
-    who = "local Ray started by raybench" if mode == "local" else "the Ray this process started"
+    who = {
+        "local": "local Ray started by raybench",
+        "caller": "the Ray this process started",
+        "joined": "joined cluster, as it is now",
+    }[mode]
     reason = f"{who} ({_count(cpus, 'CPU')}, {_count(gpus, 'GPU')}), each trial takes {what}"
+    if mode == "joined":
+        reason += (
+            " (an autoscaler grows it only for pending trials: set scaling.max_concurrent_trials to run more)"
+        )
     if fits < 1:
         reason += "; not even one trial fits: they will wait for resources that never come"
         fits = 1

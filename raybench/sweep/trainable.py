@@ -9,6 +9,8 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import fnmatch
 import json
 import os
 import re
@@ -101,13 +103,9 @@ def nan_drill(trial: TrialSpec, start: int, world_size: int) -> Iterator[None]:
     spec = os.environ.get(NAN_ENV, "")
     pattern, _, rest = spec.rpartition("@")
     at, _, term = rest.partition(":")
-    import fnmatch
-
     if not pattern or not at.isdigit() or not fnmatch.fnmatchcase(trial.name, pattern):
         yield
         return
-    import dataclasses
-
     import raybench.engine.loop as loop
 
     scaling = dataclasses.replace(trial.scaling, workers=world_size)
@@ -410,10 +408,11 @@ def run_trial(config: dict[str, Any], specs: dict[str, str], settings: dict[str,
 
 
 def _deterministic_failure(status: dict[str, Any] | None) -> bool:
-    failure = (status or {}).get("failure")
-    return bool(status and status.get("state") == "failed" and isinstance(failure, dict)) and (
-        failure.get("kind") == DETERMINISTIC
-    )
+    """Whether status.json records a failure a retry would only repeat (a non-finite loss)."""
+    if not status or status.get("state") != "failed":
+        return False
+    failure = status.get("failure")
+    return isinstance(failure, dict) and failure.get("kind") == DETERMINISTIC
 
 
 def _worker_reported(status: dict[str, Any] | None, exc: BaseException, since: float) -> bool:
