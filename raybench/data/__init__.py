@@ -5,7 +5,7 @@
 """
 
 from raybench.data.base import IGNORE_INDEX, ImageInfo, InspectionDataset
-from raybench.data.errors import DatasetFormatError, DownloadError
+from raybench.data.errors import DatasetFormatError, DatasetOptionError, DownloadError
 from raybench.data.registry import (
     build_dataset,
     dataset_class,
@@ -18,6 +18,7 @@ from raybench.data.transforms import build_transforms
 __all__ = [
     "IGNORE_INDEX",
     "DatasetFormatError",
+    "DatasetOptionError",
     "DownloadError",
     "ImageInfo",
     "InspectionDataset",

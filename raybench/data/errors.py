@@ -13,3 +13,16 @@ class DatasetFormatError(ValueError):
 
 class DownloadError(RuntimeError):
     """A download failed or its result does not match the manifest (size / checksum)."""
+
+
+class DatasetOptionError(ValueError):
+    """A dataset option has a value the loader cannot use.
+
+    ``option`` names the option (its key under ``datasets[i].options`` in a study), so the
+    study checks can point at the exact YAML key and line instead of the whole dataset.
+    """
+
+    def __init__(self, option: str, message: str) -> None:
+        super().__init__(f"option {option}: {message}")
+        self.option = option
+        self.detail = message
