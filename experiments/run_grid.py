@@ -15,10 +15,18 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from raybench.cli import main as raybench_main  # noqa: E402
+from raybench.cli import quiet_broken_pipe  # noqa: E402
 from raybench.sweep.cli import add_sweep_arguments  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:  # `run_grid.py --help | head`: stop quietly
+        return quiet_broken_pipe()
+
+
+def _main(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--study",

@@ -8,12 +8,18 @@ belongs to the model, not to the dataset.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import importlib
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import safetensors.torch
 import timm
 import torch
+from safetensors import SafetensorError
+from timm.layers import LayerNorm2d
+from timm.models import get_pretrained_cfg, load_state_dict_from_hf, model_entrypoint
 from torch import nn
 
 from raybench.study.spec import BackboneSpec
@@ -40,18 +46,75 @@ KNOWN_BACKBONES: dict[str, KnownBackbone] = {
 
 
 class BackboneWeightsError(RuntimeError):
-    """Pretrained weights could not be had (no hub access and no local file)."""
+    """Pretrained weights could not be had, or do not fit the backbone (the message says which
+    file or hub id, and which keys / shapes): a ``pretrained: true`` trial never silently
+    trains from random weights."""
+
+
+#: Keys a weights file may hold that the 4-level feature extractor does not use: classifier
+#: heads, which timm's ``features_only`` drops (ConvNeXt ``head.norm`` / ``head.fc``, ResNet
+#: ``fc``, others ``classifier``). Every other key of the file must be used.
+IGNORED_FILE_KEYS: tuple[str, ...] = ("head.", "fc.", "classifier.")
+#: Keys of the backbone that a weights file may lack: BatchNorm step counters (not weights;
+#: unused with a fixed momentum). Every other tensor of the backbone must come from the file.
+IGNORED_MISSING_KEYS: tuple[str, ...] = (".num_batches_tracked",)
+#: Containers some checkpoints wrap their state dict in (FB ConvNeXt: ``model``).
+CONTAINER_KEYS: tuple[str, ...] = ("state_dict", "model")
+#: How many keys an error message lists (then a count).
+_SHOWN_KEYS = 8
+#: eps of the official ConvNeXt backbones' output norms (``LayerNorm(eps=1e-6, channels_first)``).
+OUTPUT_NORM_EPS = 1e-6
+
+
+def supports_output_norms(spec: BackboneSpec) -> bool:
+    """Output norms exist for ConvNeXt (the official detection/segmentation backbones' ``norm{i}``)."""
+    return spec.model_name.startswith("convnext")
+
+
+def backbone_problems(spec: BackboneSpec) -> list[tuple[str, str]]:
+    """Cheap (no model built) checks of a backbone entry: ``(key, message)`` pairs, for study
+    validation before any trial starts; :func:`build_backbone` raises on the same problems."""
+    problems: list[tuple[str, str]] = []
+    if spec.output_norms and not supports_output_norms(spec):
+        problems.append(
+            (
+                "output_norms",
+                f"output_norms applies to ConvNeXt backbones only (the official ConvNeXt detection and "
+                f"segmentation backbones' norm0..3); timm model {spec.model_name!r} has no such layers: "
+                "remove the key",
+            )
+        )
+    return problems
+
+
+def output_norms_enabled(spec: BackboneSpec) -> bool:
+    """The backbone entry's ``output_norms``, defaulting to the architecture's official choice."""
+    return supports_output_norms(spec) if spec.output_norms is None else bool(spec.output_norms)
 
 
 class Backbone(nn.Module):
     """Four feature maps at strides 4/8/16/32 from a timm ``features_only`` model.
 
-    ``frozen=True`` is the paper's frozen regime: no parameter takes gradients, norm layers
-    stay in eval mode whatever ``.train()`` says, and the forward pass builds no autograd
-    graph (so the frozen regime also saves the backbone's activation memory).
+    ``output_norms=True`` adds a LayerNorm (channels-first, eps 1e-6) on each level, as the
+    official ConvNeXt detection and segmentation backbones do before the neck (``norm{i}``;
+    timm's ``features_only`` ConvNeXt has none). They are new layers (the classification
+    checkpoints do not hold them), so they always train.
+
+    ``frozen=True`` is the paper's frozen regime: no parameter of the pretrained ``body``
+    takes gradients, its norm layers stay in eval mode whatever ``.train()`` says, and its
+    forward pass builds no autograd graph (so the frozen regime also saves the backbone's
+    activation memory). The output norms, if any, are then part of the head.
     """
 
-    def __init__(self, body: nn.Module, name: str, mean: tuple[float, ...], std: tuple[float, ...]):
+    def __init__(
+        self,
+        body: nn.Module,
+        name: str,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        *,
+        output_norms: bool = False,
+    ):
         super().__init__()
         self.body = body
         self.name = name
@@ -63,12 +126,15 @@ class Backbone(nn.Module):
                 f"backbone {name!r} gives strides {self.strides}; raybench needs {list(STRIDES)} "
                 "(set out_indices in the study's backbone entry)"
             )
+        self.out_norms: nn.ModuleList | None = None
+        if output_norms:
+            self.out_norms = nn.ModuleList(LayerNorm2d(c, eps=OUTPUT_NORM_EPS) for c in self.channels)
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1) * 255.0, persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1) * 255.0, persistent=False)
         self.frozen = False
 
     def freeze(self) -> Backbone:
-        """Fix every weight: requires_grad off, eval mode kept across ``train()`` calls."""
+        """Fix every pretrained weight: requires_grad off, eval mode kept across ``train()`` calls."""
         self.frozen = True
         for p in self.body.parameters():
             p.requires_grad_(False)
@@ -89,11 +155,24 @@ class Backbone(nn.Module):
         """Normalised images -> [C2, C3, C4, C5] feature maps."""
         if self.frozen:
             with torch.no_grad():
-                return list(self.body(x))
-        return list(self.body(x))
+                feats = list(self.body(x))
+        else:
+            feats = list(self.body(x))
+        if self.out_norms is not None:
+            feats = [norm(f) for norm, f in zip(self.out_norms, feats)]
+        return feats
 
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
         return (p for p in self.parameters() if p.requires_grad)
+
+    def head_parameter_names(self) -> list[str]:
+        """Parameters (names in this module) the optimizer treats as head, not backbone: the
+        output norms in the frozen regime, where nothing pretrained trains (no backbone LR
+        multiplier, no layer decay). Fine-tuned, they stay backbone parameters, as the official
+        ConvNeXt layout names them (``backbone.norm{i}``)."""
+        if not self.frozen or self.out_norms is None:
+            return []
+        return [f"out_norms.{n}" for n, _ in self.out_norms.named_parameters()]
 
 
 def resolve_timm_name(spec: BackboneSpec) -> str:
@@ -105,39 +184,217 @@ def resolve_timm_name(spec: BackboneSpec) -> str:
     return f"{spec.timm_name}.{tag}" if tag else spec.timm_name
 
 
-def build_backbone(spec: BackboneSpec, *, drop_path_rate: float = 0.0, frozen: bool = False) -> Backbone:
-    """Create the backbone of a study entry.
-
-    Weights: a local file (``weights:``) if given; else the timm/HF hub id when
-    ``pretrained: true``; random init only when the study says ``pretrained: false``.
-    """
-    timm_id = resolve_timm_name(spec)
-    kwargs: dict[str, object] = {"features_only": True}
-    kwargs["out_indices"] = spec.out_indices or (-4, -3, -2, -1)
+def _body_kwargs(spec: BackboneSpec, drop_path_rate: float = 0.0) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"features_only": True, "out_indices": spec.out_indices or (-4, -3, -2, -1)}
     if drop_path_rate > 0:
         kwargs["drop_path_rate"] = drop_path_rate
-    pretrained = spec.pretrained
-    if spec.weights:
-        path = Path(spec.weights)
-        if not path.is_file():
-            raise BackboneWeightsError(f"backbone {spec.id!r}: weights file not found: {path}")
-        kwargs["pretrained_cfg_overlay"] = {"file": str(path)}
+    return kwargs
+
+
+def _describe(label: str, keys: Iterable[str]) -> str:
+    keys = list(keys)  # in the model's / the file's order: the first ones tell the most
+    shown = ", ".join(keys[:_SHOWN_KEYS]) + (
+        f", ... ({len(keys) - _SHOWN_KEYS} more)" if len(keys) > _SHOWN_KEYS else ""
+    )
+    return f"{len(keys)} {label} key(s): {shown}"
+
+
+def _as_state_dict(state: Any, where: str) -> dict[str, torch.Tensor]:
+    """``state`` unwrapped (:data:`CONTAINER_KEYS`, DDP's ``module.``) and checked to be a
+    non-empty mapping of names to tensors."""
+    for key in CONTAINER_KEYS:
+        if isinstance(state, Mapping) and isinstance(state.get(key), Mapping):
+            state = state[key]
+            break
+    if not isinstance(state, Mapping) or not state:
+        raise BackboneWeightsError(
+            f"{where} holds {'an empty mapping' if isinstance(state, Mapping) else type(state).__name__}, "
+            "not a state dict (a mapping of parameter names to tensors)"
+        )
+    bad = [str(k) for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        raise BackboneWeightsError(f"{where}: not a state dict: {_describe('non-tensor', bad)}")
+    if all(k.startswith("module.") for k in state):
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+    return dict(state)
+
+
+def read_weights_file(path: Path, *, backbone_id: str = "?") -> dict[str, torch.Tensor]:
+    """A state dict from ``.safetensors`` (safetensors) or anything else (``torch.load``,
+    ``weights_only=True``), unwrapped from ``state_dict`` / ``model`` containers and DDP's
+    ``module.`` prefix. Every failure is a :class:`BackboneWeightsError` naming the file."""
+    where = f"backbone {backbone_id!r}: weights file {path}"
+    if not path.is_file():
+        raise BackboneWeightsError(f"backbone {backbone_id!r}: weights file not found: {path}")
+    if path.suffix == ".safetensors":
+        try:
+            state: Any = safetensors.torch.load_file(str(path), device="cpu")
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise BackboneWeightsError(
+                f"{where} is not a readable safetensors file ({type(exc).__name__}: {exc}); "
+                "re-download it or point `weights:` at the right file"
+            ) from exc
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 -- unpickling raises many types; all mean "not a checkpoint"
+            raise BackboneWeightsError(
+                f"{where} could not be read as a PyTorch checkpoint (torch.load, weights_only=True: "
+                f"{type(exc).__name__}: {exc}); expected a state dict saved with torch.save, or a "
+                ".safetensors file"
+            ) from exc
+    return _as_state_dict(state, where)
+
+
+def _hub_state_dict(spec: BackboneSpec, timm_id: str) -> tuple[dict[str, torch.Tensor], str]:
+    """The hub's state dict of ``timm_id`` (as timm would fetch it) and where it came from."""
+    cfg = get_pretrained_cfg(timm_id)
+    hub_id = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+    url = getattr(cfg, "url", None) if cfg is not None else None
+    source = f"hf-hub:{hub_id}" if hub_id else (url or f"hf-hub:timm/{timm_id}")
     try:
-        body = timm.create_model(timm_id, pretrained=pretrained, **kwargs)
-    except (OSError, ConnectionError, RuntimeError, ValueError) as exc:
-        if not pretrained:
-            raise
+        if hub_id:
+            filename = getattr(cfg, "hf_hub_filename", None)
+            state: Any = (
+                load_state_dict_from_hf(hub_id, filename) if filename else load_state_dict_from_hf(hub_id)
+            )
+        elif url:
+            state = torch.hub.load_state_dict_from_url(url, map_location="cpu", weights_only=True)
+        else:
+            raise RuntimeError(f"timm has no pretrained weights for {timm_id!r}")
+    except Exception as exc:  # noqa: BLE001 -- network / cache / format errors: all mean "no weights"
         raise BackboneWeightsError(
             f"could not load pretrained weights for backbone {spec.id!r} "
-            f"(timm model {timm_id!r}, hub id 'hf-hub:timm/{timm_id}'): {exc}\n"
+            f"(timm model {timm_id!r}, hub id {source!r}): {type(exc).__name__}: {exc}\n"
             f"Either give the machine access to the Hugging Face hub, or download the weights "
             f"elsewhere and set `weights: /path/to/model.safetensors` on this backbone in the "
             f"study file (or `pretrained: false` for random init, e.g. smoke tests)."
         ) from exc
+    where = f"pretrained weights {source}"
+    return _as_state_dict(state, f"backbone {spec.id!r}: {where}"), where
+
+
+def _filter_fn(arch: str) -> Callable[..., Any] | None:
+    """timm's own checkpoint remapping for ``arch`` (e.g. FB / DINOv3 ConvNeXt -> timm names)."""
+    module = importlib.import_module(model_entrypoint(arch).__module__)
+    return getattr(module, "checkpoint_filter_fn", None)
+
+
+def _fit_state_dict(
+    state: dict[str, torch.Tensor], body: nn.Module, spec: BackboneSpec, timm_id: str, source: str
+) -> dict[str, torch.Tensor]:
+    """``state`` as a strict state dict of ``body``, or a :class:`BackboneWeightsError` naming
+    ``source`` and every missing / unexpected key and shape mismatch.
+
+    Keys are checked in the classification model's names (what checkpoints use): timm's
+    checkpoint filter is applied against a shape-only (meta-device) full model, then each
+    tensor of the feature extractor is matched to its full-model name."""
+    with torch.device("meta"):
+        full = timm.create_model(timm_id, pretrained=False)
+    full_keys = list(full.state_dict())
+    note = ""
+    filter_fn = _filter_fn(spec.model_name)
+    if filter_fn is not None:
+        try:
+            state = dict(filter_fn(dict(state), full))
+        except Exception as exc:  # noqa: BLE001 -- the filter assumes its own architecture's keys
+            note = f" (timm's checkpoint filter for {spec.model_name!r} failed on it: {exc!r})"
+
+    # feature-extractor name <-> full-model name: timm flattens `stages.0` into `stages_0`.
+    by_norm: dict[str, list[str]] = {}
+    for k in full_keys:
+        by_norm.setdefault(k.replace("_", "."), []).append(k)
+    body_to_full: dict[str, str] = {}
+    for k in body.state_dict():
+        match = by_norm.get(k.replace("_", "."), [])
+        if len(match) != 1:
+            raise RuntimeError(
+                f"raybench cannot map feature-extractor tensor {k!r} of {timm_id!r} to timm's names"
+            )
+        body_to_full[k] = match[0]
+    needed = set(body_to_full.values())
+    missing = [k for k in body_to_full.values() if k not in state and not k.endswith(IGNORED_MISSING_KEYS)]
+    unexpected = [k for k in state if k not in needed and not k.startswith(IGNORED_FILE_KEYS)]
+    full_shapes = full.state_dict()
+    shapes = [
+        f"{k}: file {tuple(state[k].shape)}, model {tuple(full_shapes[k].shape)}"
+        for k in body_to_full.values()
+        if k in state and tuple(state[k].shape) != tuple(full_shapes[k].shape)
+    ]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(_describe("missing", missing))
+        if unexpected:
+            parts.append(_describe("unexpected", unexpected))
+        if shapes:
+            parts.append(f"{len(shapes)} shape mismatch(es): " + "; ".join(shapes[:_SHOWN_KEYS]))
+        raise BackboneWeightsError(
+            f"backbone {spec.id!r}: {source} does not fit timm model {timm_id!r}{note}: "
+            + "; ".join(parts)
+            + ". Check that the file holds weights of this architecture (ignored: classifier keys "
+            f"{', '.join(p + '*' for p in IGNORED_FILE_KEYS)})."
+        )
+    return {bk: state[fk] for bk, fk in body_to_full.items() if fk in state}
+
+
+def _load_into(body: nn.Module, fitted: dict[str, torch.Tensor]) -> None:
+    """Strict load; only :data:`IGNORED_MISSING_KEYS` may keep the body's own values."""
+    own = body.state_dict()
+    body.load_state_dict({k: fitted.get(k, own[k]) for k in own}, strict=True)
+
+
+def _weights(spec: BackboneSpec, timm_id: str) -> tuple[dict[str, torch.Tensor], str] | None:
+    """(state dict, its source) of the entry: its file, else the hub when ``pretrained``."""
+    if spec.weights:
+        path = Path(spec.weights)
+        return read_weights_file(path, backbone_id=spec.id), f"weights file {path}"
+    if spec.pretrained:
+        return _hub_state_dict(spec, timm_id)
+    return None
+
+
+def check_weights(spec: BackboneSpec) -> None:
+    """Raise :class:`BackboneWeightsError` unless the entry's ``weights:`` file fits its backbone.
+
+    For study validation, before any trial starts: builds the backbone on the meta device only
+    (no memory, fractions of a second) and reads the file. Entries without a file pass (the hub
+    is only asked when a trial builds its model)."""
+    if not spec.weights:
+        return
+    timm_id = resolve_timm_name(spec)
+    with torch.device("meta"):
+        body = timm.create_model(timm_id, pretrained=False, **_body_kwargs(spec))
+    state, source = read_weights_file(Path(spec.weights), backbone_id=spec.id), f"weights file {spec.weights}"
+    _fit_state_dict(state, body, spec, timm_id, source)
+
+
+def build_backbone(spec: BackboneSpec, *, drop_path_rate: float = 0.0, frozen: bool = False) -> Backbone:
+    """Create the backbone of a study entry.
+
+    Weights: a local file (``weights:``) if given; else the timm/HF hub id when
+    ``pretrained: true``; random init only when the study says ``pretrained: false``. Loading
+    is strict: every tensor of the feature extractor comes from the weights (classifier keys
+    of the file are ignored, see :data:`IGNORED_FILE_KEYS`), or :class:`BackboneWeightsError`.
+    """
+    problems = backbone_problems(spec)
+    if problems:
+        raise ValueError("; ".join(f"backbone {spec.id!r}: {key}: {message}" for key, message in problems))
+    timm_id = resolve_timm_name(spec)
+    loaded = _weights(spec, timm_id)  # first: an unreadable file fails before any model is built
+    try:
+        body = timm.create_model(timm_id, pretrained=False, **_body_kwargs(spec, drop_path_rate))
+    except (RuntimeError, ValueError) as exc:
+        raise ValueError(f"backbone {spec.id!r}: timm cannot create {timm_id!r}: {exc}") from exc
+    if loaded is not None:
+        # The check builds a shape-only model; it must not move the global RNG (the decoder's
+        # init after this is then the same whatever the weights' source).
+        with torch.random.fork_rng(devices=[]):
+            _load_into(body, _fit_state_dict(loaded[0], body, spec, timm_id, loaded[1]))
     cfg = getattr(body, "pretrained_cfg", {}) or {}
     mean = tuple(cfg.get("mean", (0.485, 0.456, 0.406)))
     std = tuple(cfg.get("std", (0.229, 0.224, 0.225)))
-    backbone = Backbone(body, spec.id, mean, std)
+    backbone = Backbone(body, spec.id, mean, std, output_norms=output_norms_enabled(spec))
     if frozen:
         backbone.freeze()
     return backbone

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -126,17 +127,72 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+#: Set to 1 for the full traceback of an unexpected error instead of its one-line summary.
+DEBUG_ENV = "RAYBENCH_DEBUG"
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Exception types that mean bad input, printed as one line without a traceback.
+
+    Only modules already imported are asked: an error of a module never imported cannot have
+    been raised, and the CLI stays free of torch until a command needs it.
+    """
+    from raybench.errors import UserInputError
+
+    found: list[type[BaseException]] = [StudyError, UserInputError]
+    for module_name, names in (
+        ("raybench.data.errors", ("DatasetFormatError", "DatasetOptionError", "DownloadError")),
+        ("raybench.backbones", ("BackboneWeightsError",)),
+    ):
+        module = sys.modules.get(module_name)
+        found += [getattr(module, n) for n in names if module is not None and hasattr(module, n)]
+    return tuple(found)
+
+
+def quiet_broken_pipe() -> int:
+    """stdout's reader went away (``raybench grid ... | head``): stop quietly, like ``cat``.
+
+    Python would otherwise print a BrokenPipeError when it flushes stdout at exit; pointing
+    stdout at /dev/null first makes that flush a no-op (the Python docs' recipe).
+    """
     try:
-        return int(args.func(args) or 0)
-    except StudyError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass  # stdout is not a file descriptor (a test's capture): nothing to flush
+    return 141  # 128 + SIGPIPE, what a shell reports for a command killed by a closed pipe
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one ``raybench`` command; returns the exit status.
+
+    Bad input (:func:`user_errors`) exits 2 with its message. An unexpected exception is a
+    bug: its one-line summary and how to get the traceback (``RAYBENCH_DEBUG=1``); under
+    pytest, or with that variable set, it propagates with its traceback.
+    """
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)  # --help may meet a closed pipe too
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, not as a message at interpreter exit
+        return code
+    except BrokenPipeError:
+        return quiet_broken_pipe()
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        if isinstance(exc, user_errors()):
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        if os.environ.get(DEBUG_ENV) or "PYTEST_CURRENT_TEST" in os.environ:
+            raise
+        print(
+            f"error: unexpected {type(exc).__name__}: {exc}\n"
+            f"(this is likely a bug in raybench; rerun with {DEBUG_ENV}=1 for the traceback)",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":

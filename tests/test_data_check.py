@@ -106,7 +106,8 @@ def test_check_reports_noted_problems(tmp_path) -> None:
 def test_check_max_images(tmp_path) -> None:
     root = synthesize("coco", tmp_path / "c", images=8, size=32, seed=0)
     report = check_dataset("coco", root, max_images=2)
-    assert report.splits["train"].checked == 2 and report.splits["train"].images == 6
+    # 6 train images, one without objects: dropped from train by default (d2's filter)
+    assert report.splits["train"].checked == 2 and report.splits["train"].images == 5
     shutil.rmtree(root / "images" / "val")
     report = check_dataset("coco", root)
     assert not report.ok and "val" not in report.splits

@@ -72,17 +72,23 @@ def test_series_split_boxes_and_grayscale(tmp_path) -> None:
         warnings.simplefilter("ignore")
         val = build_dataset("gdxray", tmp_path, "val")
     files = lambda ds: [ds.image_info(i).file_name for i in range(len(ds))]  # noqa: E731
-    assert files(train) == ["C0001_0001.png", "C0001_0002.png", "C0001_0003.png", "C0056_0001.png"]
-    assert files(val) == ["C0003_0001.png", "C0003_0002.png"]  # series 55 excluded everywhere
+    # Default empty_images {train: drop, val: drop} (Table 1 counts images with boxes):
+    # C0001_0002 (no row) and C0056_0001 (series without ground_truth.txt) are dropped.
+    assert files(train) == ["C0001_0001.png", "C0001_0003.png"]
+    assert train.stats["empty_images_dropped"] == 2
+    assert files(val) == ["C0003_0002.png"]  # series 55 excluded everywhere; C0003_0001 has no box
     assert train.task == "detection" and train.num_classes == 1 and train.class_names == ["defect"]
     image, target = train[0]
     assert image.shape == (3, H, W) and image.dtype == torch.uint8
     assert torch.equal(image[0], image[1]) and torch.equal(image[0], image[2])
     assert target["boxes"].tolist() == [[10.0, 5.0, 20.0, 15.0]] and target["labels"].tolist() == [1]
     assert target["image_id"] == 10001
-    assert train.load_target(1)["boxes"].shape == (0, 4) and train.image_classes(1) == []
-    kept = build_dataset("gdxray", tmp_path / "Castings", "train", keep_empty=False)  # root may be Castings/
-    assert files(kept) == ["C0001_0001.png", "C0001_0003.png"]
+    kept = build_dataset(
+        "gdxray", tmp_path / "Castings", "train", empty_images={"train": "keep"}
+    )  # root may be Castings/
+    assert files(kept) == ["C0001_0001.png", "C0001_0002.png", "C0001_0003.png", "C0056_0001.png"]
+    assert kept.load_target(1)["boxes"].shape == (0, 4) and kept.image_classes(1) == []
+    assert kept.stats["empty_images_kept"] == 2
 
 
 def test_split_options_override(tmp_path) -> None:
@@ -120,5 +126,6 @@ def test_boxes_outside_image_clipped_or_dropped(tmp_path) -> None:
 
 
 def test_no_series_folders(tmp_path) -> None:
+    (tmp_path / "Castings" / "readme").mkdir(parents=True)  # a root that is not empty
     with pytest.raises(DatasetFormatError, match=r"no series folders \(C0001, C0002, ...\) found"):
         build_dataset("gdxray", tmp_path, "train")

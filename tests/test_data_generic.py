@@ -71,8 +71,11 @@ def test_coco_categories_map_to_contiguous_labels(tmp_path) -> None:
     assert target["labels"].tolist() == [3, 1]
     assert target["boxes"].tolist() == [[2.0, 3.0, 12.0, 8.0], [20.0, 10.0, 25.0, 15.0]]
     assert target["image_id"] == 10 and "masks" not in target
-    assert ds.load_target(1)["boxes"].shape == (0, 4)  # crowd annotation skipped
-    assert ds.stats["crowd_annotations_skipped"] == 1
+    # image 11 holds only a crowd annotation: empty, so dropped from train (d2's default) ...
+    assert len(ds) == 1 and ds.stats["crowd_annotations_skipped"] == 1
+    assert ds.stats["empty_images_dropped"] == 1
+    kept = build_dataset("coco", tmp_path, "train", empty_images={"train": "keep"})  # ... unless kept
+    assert kept.load_target(1)["boxes"].shape == (0, 4)  # crowd annotation skipped
     inst = build_dataset("coco", tmp_path, "train", task="instance")
     masks = inst[0][1]["masks"]
     assert masks.shape == (2, 30, 40) and masks.dtype == torch.uint8 and masks[0, 5, 6] == 1
@@ -80,7 +83,11 @@ def test_coco_categories_map_to_contiguous_labels(tmp_path) -> None:
 
 def test_coco_single_file_is_split_randomly(tmp_path) -> None:
     _coco(tmp_path, n=10, anns=[])
-    opts = {"annotations": "annotations/instances_train.json", "images": "images/train"}
+    opts = {
+        "annotations": "annotations/instances_train.json",
+        "images": "images/train",
+        "empty_images": {"train": "keep", "val": "keep"},  # no image has an annotation here
+    }
     train = build_dataset("coco", tmp_path, "train", **opts)
     val = build_dataset("coco", tmp_path, "val", **opts)
     names = lambda d: {d.image_info(i).file_name for i in range(len(d))}  # noqa: E731
@@ -122,11 +129,12 @@ def test_coco_listed_size_must_match_pixels(tmp_path) -> None:
     data = json.loads(path.read_text())
     data["images"][0]["width"] = 64
     path.write_text(json.dumps(data))
-    ds = build_dataset("coco", tmp_path, "train")
+    # Compared with the image header while indexing (was: on decode, mid-run).
     with pytest.raises(
-        DatasetFormatError, match=r"train_0.jpg: decoded image is 40x30 but the dataset lists it as 64x30"
+        DatasetFormatError,
+        match=r"train_0.jpg: image is 40x30 but instances_train.json images\[0\] lists it as 64x30",
     ):
-        ds[0]
+        build_dataset("coco", tmp_path, "train")
 
 
 def _mask_root(root, n: int = 5, classes: str | None = "background\ncrack\nspot\n"):
@@ -184,9 +192,9 @@ def test_mask_folder_bad_input(tmp_path) -> None:
         ds[index]
     (root / "classes.txt").write_text("crack\nspot\n")
     write_mask(root / "masks" / "im0.png", np.zeros((5, 5), np.uint8))
-    ds = build_dataset("mask_folder", root, "train", val_fraction=0.0)
+    # Mask and image headers are compared while indexing (was: on load).
     with pytest.raises(DatasetFormatError, match=r"im0.png: mask is 5x5 but image im0.png is 20x10"):
-        ds[0]
+        build_dataset("mask_folder", root, "train", val_fraction=0.0)
     (root / "masks" / "im0.png").unlink()
     with pytest.raises(DatasetFormatError, match=r"no mask for .*im0.png; expected .*masks/im0.png"):
         build_dataset("mask_folder", root, "train", val_fraction=0.0)

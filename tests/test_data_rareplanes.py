@@ -128,10 +128,12 @@ def test_attribute_from_annotation_when_categories_not_aligned(tmp_path) -> None
 
 def test_val_is_the_official_test_file_and_root_may_be_real(tmp_path) -> None:
     _write(tmp_path, ATTRS[:1], split="val")
-    ds = build_dataset("rareplanes", tmp_path, "val")
+    ds = build_dataset("rareplanes", tmp_path, "val", empty_images={"val": "keep"})
     assert ds.annotation_path.name == TEST_JSON and "test" in ds.image_info(0).path.parts
-    ds2 = build_dataset("rareplanes", tmp_path / "real", "val")
+    ds2 = build_dataset("rareplanes", tmp_path / "real", "val", empty_images={"val": "keep"})
     assert len(ds2) == len(ds) == 2
+    # default: the tile without an object is dropped (Table 1 counts tiles with objects)
+    assert len(build_dataset("rareplanes", tmp_path, "val")) == 1
     with pytest.raises(
         DatasetFormatError, match=r"annotation file RarePlanes_Train_Coco_Annotations_tiled.json not found"
     ):

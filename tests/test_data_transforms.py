@@ -172,9 +172,21 @@ def test_pipelines_are_deterministic_given_a_seed() -> None:
 def test_build_transforms_defaults() -> None:
     train = build_transforms("semantic", "train", test_short_edge=384)
     kinds = [type(t).__name__ for t in train.transforms]
-    assert kinds == ["ResizeShortEdge", "DefectAwareCrop", "RandomHorizontalFlip", "PadToDivisible"]
+    # Mask2Former's mapper: training crops padded to the crop size (128 / 255); no colour by default.
+    assert kinds == [
+        "ResizeShortEdge",
+        "DefectAwareCrop",
+        "RandomHorizontalFlip",
+        "PadToSize",
+        "PadToDivisible",
+    ]
     assert train.transforms[0].sizes[0] == 192 and train.transforms[0].sizes[-1] == 768
     assert train.transforms[1].size == (384, 384) and train.transforms[1].p == 0.7
+    assert (train.transforms[3].size, train.transforms[3].fill, train.transforms[3].seg_fill) == (
+        (384, 384),
+        128,
+        255,
+    )
     val = build_transforms("semantic", "val", test_short_edge=384)
     img, out = val(
         torch.zeros(3, 256, 1600, dtype=torch.uint8), {"sem_seg": torch.zeros(256, 1600, dtype=torch.int64)}

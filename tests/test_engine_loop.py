@@ -307,6 +307,45 @@ def test_interrupted_checkpoint_write_leaves_nothing_half_written(tmp_path, monk
     assert latest_checkpoint(tmp_path).name == "iter_0000001"
 
 
+# --- precision -----------------------------------------------------------------------------
+def test_evaluation_runs_in_fp32_even_with_amp_training(repo_root, tmp_path, monkeypatch):
+    """AMP is for training only: evaluation (Detectron2 / Mask2Former: no autocast) runs in
+    fp32. CPU bf16 autocast stands in for the GPU's: the training steps really run under it."""
+    import raybench.engine.loop as loop
+
+    seen: dict[str, list] = {"train": [], "eval": []}
+    real_train_step, real_predict = ToyTask.train_step, ToyTask.predict
+
+    def train_step(self, model, batch):
+        seen["train"].append((torch.is_autocast_enabled("cpu"), model.backbone(torch.zeros(1, 48)).dtype))
+        return real_train_step(self, model, batch)
+
+    def predict(self, model, batch):
+        out = real_predict(self, model, batch)
+        seen["eval"].append((torch.is_autocast_enabled("cpu"), out.dtype))
+        return out
+
+    monkeypatch.setattr(ToyTask, "train_step", train_step)
+    monkeypatch.setattr(ToyTask, "predict", predict)
+    monkeypatch.setattr(loop, "training_amp_dtype", lambda amp, device: torch.bfloat16 if amp else None)
+    train(toy_trial(repo_root, amp=True), tmp_path / "amp", datasets=toy_data(), verbose=False)
+    assert seen["train"] and set(seen["train"]) == {(True, torch.bfloat16)}
+    assert seen["eval"] and set(seen["eval"]) == {(False, torch.float32)}
+
+    # Called from inside an autocast region, evaluate() still switches it off.
+    task = ToyTask(toy_trial(repo_root))
+    model = ToyNet(0.0)
+    loader = torch.utils.data.DataLoader(ToyDataset(3, 1), batch_size=3, collate_fn=task.collate)
+    seen["eval"].clear()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        metrics = loop.evaluate(
+            task, model, loader, DatasetMeta("toy", 1, ("y",)), device=torch.device("cpu")
+        )
+    assert seen["eval"] == [(False, torch.float32)] and metrics["val/count"] == 3.0
+    monkeypatch.undo()
+    assert loop.training_amp_dtype(True, torch.device("cpu")) is None  # no CPU autocast for real
+
+
 # --- failures --------------------------------------------------------------------------------
 def test_non_finite_loss_names_iteration_and_term(repo_root, tmp_path, monkeypatch):
     monkeypatch.setattr(ToyTask, "nan_at_step", 3)

@@ -120,9 +120,14 @@ def test_layer_decay_per_convnext_stage(convnext_model: _Model):
         assert lids.ids[name] == layer, name
         assert _lr_of(groups, params[name]) == pytest.approx(1e-4 * 0.95 ** (7 - layer)), name
     assert _lr_of(groups, convnext_model.head.weight) == pytest.approx(1e-4)
+    # The output norms (reference: backbone.norm{i}, its `else` branch = num_max_layer + 1)
+    # take the decoder's id: scale 1.
+    for i in range(4):
+        assert lids.ids[f"out_norms.{i}.weight"] == 7
+        assert _lr_of(groups, params[f"out_norms.{i}.weight"]) == pytest.approx(1e-4)
     # Every stage-level LR appears, and nothing else.
     backbone_lrs = {round(g["lr"] / 1e-4, 12) for g in groups if g["name"].startswith("backbone")}
-    assert backbone_lrs == {round(0.95**k, 12) for k in range(1, 8)}
+    assert backbone_lrs == {round(0.95**k, 12) for k in range(0, 8)}
 
 
 def test_backbone_multiplier_and_no_weight_decay_groups(convnext_model: _Model):
@@ -196,3 +201,112 @@ def test_clipping_types():
         [0.0, 0.4]
     )
     assert clip_gradients(grads(), None) is None
+
+
+# --- each recipe of paper.yaml against its reference's parameter groups ----------------------
+#: Mask2Former's / Detectron2's norm_module_types (train_net.py build_optimizer, solver/build.py).
+REF_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.GroupNorm)
+REF_NORMS += (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d, nn.LayerNorm, nn.LocalResponseNorm)
+
+
+@pytest.fixture(scope="module")
+def paper():
+    from pathlib import Path
+
+    from raybench.study import load_study
+
+    return load_study(Path(__file__).parents[1] / "experiments" / "paper.yaml", dry_run=True)
+
+
+def _built(paper, name: str):
+    import dataclasses
+
+    from raybench.tasks import DatasetMeta, build_task
+
+    trial = paper.trial(name)
+    trial = trial.replace(backbone=dataclasses.replace(trial.backbone, pretrained=False))  # no hub here
+    task = build_task(trial)
+    torch.manual_seed(0)
+    model = task.build_model(DatasetMeta(trial.task, 3, ("a", "b", "c")))
+    backbone = task.backbone(model)
+    return trial, model, backbone, param_groups(model, trial.recipe.optimizer, backbone=backbone)
+
+
+def _group_of(groups: list[dict]) -> dict[int, dict]:
+    return {id(p): g for g in groups for p in g["params"]}
+
+
+@pytest.mark.parametrize("regime", ["full", "frozen"])
+def test_mask2former_recipe_is_its_build_optimizer(paper, regime):
+    """Mask2Former's build_optimizer, per parameter: lr x BACKBONE_MULTIPLIER when "backbone" is
+    in the module's name; wd WEIGHT_DECAY_NORM (0) for norm modules, WEIGHT_DECAY_EMBED (0) for
+    nn.Embedding; WEIGHT_DECAY (0.05) for everything else -- biases and ConvNeXt's layer-scale
+    gamma included. The one [ours] difference: in the frozen regime the output norms are head."""
+    trial, model, backbone, groups = _built(paper, f"severstal-convnext_t-supervised-{regime}-s42")
+    by_param = _group_of(groups)
+    head = {id(p) for n, p in backbone.named_parameters() if n in backbone.head_parameter_names()}
+    checked = gammas = 0
+    for module_name, module in model.named_modules():
+        for pname, p in module.named_parameters(recurse=False):
+            if not p.requires_grad:
+                continue
+            lr = 1e-4 * (0.1 if "backbone" in module_name and id(p) not in head else 1.0)
+            wd = 0.0 if isinstance(module, (*REF_NORMS, nn.Embedding)) else 0.05
+            g = by_param[id(p)]
+            assert (g["lr"], g["weight_decay"]) == (pytest.approx(lr), wd), f"{module_name}.{pname}"
+            checked += 1
+            gammas += pname == "gamma"
+    assert checked == len(by_param) == sum(p.requires_grad for p in model.parameters())
+    assert gammas == (18 if regime == "full" else 0)  # ConvNeXt-T: 3 + 3 + 9 + 3 blocks
+    if regime == "frozen":
+        assert len(head) == 8 and all(by_param[i]["lr"] == pytest.approx(1e-4) for i in head)
+        assert not any(p.requires_grad for p in backbone.body.parameters())
+
+
+def test_detectron2_resnet_recipe_is_its_default_optimizer_params(paper):
+    """Detectron2 get_default_optimizer_params: SGD lr 0.02 for all (no backbone multiplier, no
+    layer decay), WEIGHT_DECAY_NORM 0 for norm modules (ResNet-50-GN's GroupNorms), and
+    WEIGHT_DECAY (1e-4) for everything else -- biases too (WEIGHT_DECAY_BIAS None = WEIGHT_DECAY)."""
+    trial, model, backbone, groups = _built(paper, "rareplanes-resnet50_gn-supervised-full-s42")
+    assert backbone.out_norms is None
+    by_param = _group_of(groups)
+    biases = 0
+    for module_name, module in model.named_modules():
+        for pname, p in module.named_parameters(recurse=False):
+            wd = 0.0 if isinstance(module, REF_NORMS) else 1e-4
+            g = by_param[id(p)]
+            assert (g["lr"], g["weight_decay"]) == (0.02, wd), f"{module_name}.{pname}"
+            biases += pname == "bias" and wd == 1e-4
+    assert biases > 0  # FPN / RPN / box-head biases decay
+    opt = build_optimizer(model, trial.recipe.optimizer, backbone=backbone)
+    assert isinstance(opt, torch.optim.SGD) and opt.defaults["momentum"] == 0.9
+
+
+@pytest.mark.parametrize("regime", ["full", "frozen"])
+def test_convnext_detection_recipe_exempts_every_1d_parameter(paper, regime):
+    """ConvNeXt's LayerDecayOptimizerConstructor: ``len(param.shape) == 1 or name.endswith(".bias")``
+    -> wd 0 (norms, biases, layer-scale gamma, model-wide), else 0.05; lr x 0.95 ** (7 - layer
+    id), the output norms (backbone.norm{i} there) at the decoder's id; drop path 0.4."""
+    trial, model, backbone, groups = _built(paper, f"rareplanes-convnext_t-supervised-{regime}-s42")
+    assert trial.recipe.optimizer.one_d_weight_decay == 0.0
+    by_param = _group_of(groups)
+    named = dict(model.named_parameters())
+    ones = [n for n, p in named.items() if p.requires_grad and (p.ndim == 1 or n.endswith(".bias"))]
+    assert all(by_param[id(named[n])]["weight_decay"] == 0.0 for n in ones)
+    assert all(
+        by_param[id(p)]["weight_decay"] == 0.05 for n, p in named.items() if p.requires_grad and n not in ones
+    )
+    gammas = [n for n in ones if n.endswith(".gamma")]
+    assert len(gammas) == (18 if regime == "full" else 0)
+    out_norms = [n for n in named if ".out_norms." in n]
+    assert len(out_norms) == 8 and all(named[n].requires_grad for n in out_norms)
+    for n in out_norms:  # decoder LR, no decay, in both regimes
+        assert (by_param[id(named[n])]["lr"], by_param[id(named[n])]["weight_decay"]) == (
+            pytest.approx(1e-4),
+            0.0,
+        )
+    if regime == "full":
+        bb = dict(backbone.named_parameters())
+        assert by_param[id(bb["body.stem_0.weight"])]["lr"] == pytest.approx(1e-4 * 0.95**7)
+        assert by_param[id(bb["body.stages_3.blocks.2.gamma"])]["lr"] == pytest.approx(1e-4 * 0.95)
+        assert backbone.body.stages_3.blocks[2].drop_path.drop_prob == pytest.approx(0.4)

@@ -174,3 +174,89 @@ def test_s3_round_trip(s3_bucket, tmp_path):
     res = build_report(root, tmp_path / "report", wandb=False)
     cell = res.table2[(res.table2["dataset"] == "gdxray") & (res.table2["pretraining"] == "dinov3")]
     assert cell["ours"].tolist() == [4.5] and cell["paper"].tolist() == [7.88]
+
+
+# --- per-image evaluation records -------------------------------------------------------------
+
+
+def _records_example():
+    import numpy as np
+
+    from raybench.evaluation.records import DetectionRecords, EvalRecords, SemSegRecords
+
+    rng = np.random.default_rng(0)
+    inter = rng.integers(0, 50, (5, 3))
+    sem = SemSegRecords(
+        np.array([0, 1, 2, 3, 7]), inter, inter + rng.integers(0, 9, (5, 3)), inter + 3, ("bg", "a", "b")
+    )
+    box = DetectionRecords(
+        kind="bbox",
+        images=np.array([4, 9, 12]),
+        categories=np.array([1, 3]),
+        n_gt=np.array([[1, 0], [2, 1], [0, 0]]),
+        det_image=np.array([0, 1, 1, 2]),
+        det_category=np.array([0, 0, 1, 1]),
+        det_score=np.array([0.9, 0.8, 0.7, 0.3]),
+        det_tp=np.array([1023, 7, 0, 0], np.int32),
+        det_fp=np.array([0, 1016, 1023, 1023], np.int32),
+        category_names=("crack", "pore"),
+        prefix="val/box_",
+    )
+    return EvalRecords([sem, box])
+
+
+def test_eval_records_round_trip_through_parquet(tmp_path):
+    import numpy as np
+
+    from raybench.results.store import read_eval_records, write_eval_records
+
+    records = _records_example()
+    d = tmp_path / "exp" / "trials" / "t1"
+    path = write_eval_records(d, "t1", 8, records)
+    assert path.endswith("/records/eval-000000008.parquet")
+    got = read_eval_records(tmp_path / "exp")
+    assert list(got) == ["t1"] and list(got["t1"]) == [8]
+    stored = got["t1"][8]
+    assert stored.trial == "t1" and stored.iteration == 8
+    sem, box = stored.records.parts
+    want_sem, want_box = records.parts
+    for name in ("images", "inter", "union", "gt"):
+        np.testing.assert_array_equal(getattr(sem, name), getattr(want_sem, name))
+    assert sem.class_names == ("bg", "a", "b") and sem.background_index == 0
+    for name in (
+        "images",
+        "categories",
+        "n_gt",
+        "det_image",
+        "det_category",
+        "det_score",
+        "det_tp",
+        "det_fp",
+    ):
+        np.testing.assert_array_equal(getattr(box, name), getattr(want_box, name))
+    assert box.category_names == ("crack", "pore") and box.kind == "bbox" and box.iou_thresholds[0] == 0.5
+    w = np.array([[1, 1, 1], [3, 0, 0], [0, 2, 1]])
+    np.testing.assert_array_equal(box.compute("val/box_AP", w), want_box.compute("val/box_AP", w))
+    assert stored.records.by_metric("val/mIoU_nobg") is sem
+
+
+def test_eval_records_of_a_newer_schema_are_skipped_with_a_warning(tmp_path):
+    import json
+
+    import pyarrow as pa
+
+    from raybench.results.store import RECORDS_META_KEY, read_eval_records, records_table
+
+    table = records_table(_records_example(), "t2", 4)
+    header = json.loads(table.schema.metadata[RECORDS_META_KEY])
+    header["schema_version"] = 99
+    newer = table.replace_schema_metadata({RECORDS_META_KEY: json.dumps(header).encode()})
+    out = tmp_path / "trials" / "t2" / "records"
+    out.mkdir(parents=True)
+    pq.write_table(newer, out / "eval-000000004.parquet")
+    pq.write_table(pa.table({"x": [1]}), out / "eval-000000005.parquet")  # no header at all
+    with pytest.warns(UserWarning) as caught:
+        assert read_eval_records(tmp_path) == {}
+    text = " ".join(str(w.message) for w in caught)
+    assert "schema version 99" in text and "eval-000000004.parquet" in text
+    assert "no raybench records header" in text and "eval-000000005.parquet" in text

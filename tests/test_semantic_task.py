@@ -262,8 +262,11 @@ def test_transforms_resize_val_and_keep_the_original(smoke_file):
 
 # --- the engine -----------------------------------------------------------------------------
 def _split(state: dict[str, torch.Tensor]) -> tuple[dict, dict]:
-    bb = {k: v for k, v in state.items() if k.startswith("backbone.")}
-    head = {k: v for k, v in state.items() if not k.startswith("backbone.")}
+    """(pretrained backbone, the rest): ConvNeXt's output norms are new layers, trained in both
+    regimes (raybench.backbones.Backbone), so they count with the head."""
+    pretrained = [k for k in state if k.startswith("backbone.") and not k.startswith("backbone.out_norms.")]
+    bb = {k: state[k] for k in pretrained}
+    head = {k: v for k, v in state.items() if k not in bb}
     return bb, head
 
 

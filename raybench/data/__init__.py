@@ -5,7 +5,13 @@
 """
 
 from raybench.data.base import IGNORE_INDEX, ImageInfo, InspectionDataset
-from raybench.data.errors import DatasetFormatError, DatasetOptionError, DownloadError
+from raybench.data.errors import (
+    DatasetDataOptionError,
+    DatasetFormatError,
+    DatasetOptionError,
+    DatasetRootError,
+    DownloadError,
+)
 from raybench.data.registry import (
     build_dataset,
     dataset_class,
@@ -17,8 +23,10 @@ from raybench.data.transforms import build_transforms
 
 __all__ = [
     "IGNORE_INDEX",
+    "DatasetDataOptionError",
     "DatasetFormatError",
     "DatasetOptionError",
+    "DatasetRootError",
     "DownloadError",
     "ImageInfo",
     "InspectionDataset",

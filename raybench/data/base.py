@@ -8,10 +8,11 @@ examples in ``problems``, and reported in one warning per kind instead of one pe
 
 from __future__ import annotations
 
+import difflib
 import math
 import warnings
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -21,10 +22,20 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from raybench.data.errors import DatasetFormatError
+from raybench.data.errors import (
+    DatasetDataOptionError,
+    DatasetFormatError,
+    DatasetOptionError,
+    DatasetRootError,
+)
 
 IGNORE_INDEX = 255
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+#: Lossy formats: refused for label masks (compression turns class ids at edges into others).
+LOSSY_MASK_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg")
+#: Values of the per-split ``empty_images`` policy of the detection / instance formats.
+EMPTY_POLICIES: tuple[str, ...] = ("drop", "keep")
+SPLIT_NAMES: tuple[str, ...] = ("train", "val")
 
 try:  # torchvision's decoders are ~1.5x faster than PIL's but deprecated from 0.29 on.
     from torchvision.io import ImageReadMode
@@ -190,6 +201,193 @@ def clip_boxes(boxes: np.ndarray, width: int, height: int) -> tuple[np.ndarray, 
     return clipped, outside, keep
 
 
+# --- option values (checked without touching the disk) -------------------------------
+def _did_you_mean(value: Any, choices: Iterable[str]) -> str:
+    close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def check_bool(option: str, value: Any) -> bool:
+    """``value`` must be a real bool (``"yes"`` or ``1`` is refused: YAML/JSON give bools)."""
+    if not isinstance(value, bool):
+        raise DatasetOptionError(option, f"expected true or false, got {value!r}")
+    return value
+
+
+def check_int(option: str, value: Any, minimum: int | None = None, maximum: int | None = None) -> int:
+    """An integer (not a bool, not a float) within ``[minimum, maximum]``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise DatasetOptionError(option, f"expected an integer, got {value!r}")
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        lo = "-inf" if minimum is None else minimum
+        hi = "inf" if maximum is None else maximum
+        raise DatasetOptionError(option, f"expected an integer in [{lo}, {hi}], got {value}")
+    return value
+
+
+def check_fraction(option: str, value: Any) -> float:
+    """A validation fraction in ``[0, 1)``: 1 or more would leave no training image."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise DatasetOptionError(option, f"expected a number in [0, 1) (e.g. 0.2), got {value!r}")
+    if not (math.isfinite(value) and 0 <= value < 1):
+        raise DatasetOptionError(
+            option, f"expected a number in [0, 1) (the share of images that go to val), got {value!r}"
+        )
+    return float(value)
+
+
+def check_choice(option: str, value: Any, choices: Sequence[str]) -> str:
+    """One of ``choices`` (with a "did you mean" for typos such as ``ignor``)."""
+    if not isinstance(value, str) or value not in choices:
+        listed = ", ".join(repr(c) for c in choices)
+        raise DatasetOptionError(
+            option, f"expected one of {listed}, got {value!r}{_did_you_mean(value, choices)}"
+        )
+    return value
+
+
+def check_text(option: str, value: Any, allow_none: bool = False) -> str | None:
+    """A non-empty string (a path or a name); ``None`` only where the option allows it."""
+    if value is None and allow_none:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        what = "a non-empty string or null" if allow_none else "a non-empty string"
+        raise DatasetOptionError(option, f"expected {what}, got {value!r}")
+    return value
+
+
+def check_names(option: str, value: Any, allow_none: bool = True) -> list[str] | None:
+    """A list of distinct, non-empty class names (names become metric keys: no duplicates)."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)) or not value:
+        raise DatasetOptionError(option, f"expected a non-empty list of class names, got {value!r}")
+    names = []
+    for i, v in enumerate(value):
+        if not isinstance(v, (str, int)) or isinstance(v, bool) or not str(v).strip():
+            raise DatasetOptionError(f"{option}[{i}]", f"expected a class name, got {v!r}")
+        names.append(str(v))
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise DatasetOptionError(option, f"class names must be distinct; repeated: {', '.join(repeated)}")
+    return names
+
+
+def check_empty_images(option: str, value: Any, defaults: Mapping[str, str]) -> dict[str, str]:
+    """The per-split empty-image policy: ``{train: drop|keep, val: drop|keep}``.
+
+    Missing splits take ``defaults``; anything else (a bare string, an unknown split or
+    policy) is refused, so a typo cannot silently change which images are trained on.
+    """
+    if not isinstance(value, Mapping):
+        raise DatasetOptionError(
+            option, f"expected a mapping {{train: drop|keep, val: drop|keep}}, got {value!r}"
+        )
+    out = dict(defaults)
+    for split, policy in value.items():
+        if split not in SPLIT_NAMES:
+            raise DatasetOptionError(
+                f"{option}.{split}",
+                f"unknown split {split!r}; expected train or val{_did_you_mean(split, SPLIT_NAMES)}",
+            )
+        out[split] = check_choice(f"{option}.{split}", policy, EMPTY_POLICIES)
+    return out
+
+
+# --- checks shared by the formats ------------------------------------------------------
+def check_root(name: str, root: Path) -> None:
+    """The root must be an existing, non-empty folder (one clear message instead of a
+    format-specific "file not found" deep inside)."""
+    if not root.exists():
+        raise DatasetRootError(f"{name}: root {root} does not exist")
+    if not root.is_dir():
+        raise DatasetRootError(f"{name}: root {root} is a file, expected the dataset folder")
+    if next(root.iterdir(), None) is None:
+        raise DatasetRootError(f"{name}: root {root} is an empty folder")
+
+
+def check_disjoint(
+    splits: Mapping[str, Iterable[Any]], source: str, option: str | None = None, max_listed: int = 5
+) -> None:
+    """Train and val must not share items (a leak inflates every val metric).
+
+    ``source`` names the file(s)/option(s) the split came from; the error lists the number of
+    shared items and a few of them. With ``option`` it is a :class:`DatasetDataOptionError`.
+    """
+    (a, items_a), (b, items_b) = list(splits.items())
+    shared = sorted(set(items_a) & set(items_b), key=str)
+    if not shared:
+        return
+    listed = ", ".join(str(x) for x in shared[:max_listed]) + (", ..." if len(shared) > max_listed else "")
+    message = f"{source}: {len(shared)} item(s) are in both {a} and {b} (train and val overlap): {listed}"
+    if option is not None:
+        raise DatasetDataOptionError(option, message)
+    raise DatasetFormatError(message)
+
+
+def find_repeats(items: Sequence[Any]) -> dict[Any, list[int]]:
+    """Items listed more than once -> the positions they occur at."""
+    where: dict[Any, list[int]] = {}
+    for i, item in enumerate(items):
+        where.setdefault(item, []).append(i)
+    return {k: v for k, v in where.items() if len(v) > 1}
+
+
+def by_unique_stem(paths: Iterable[Path], fmt: str) -> dict[str, Path]:
+    """``{stem: path}``; two files with one stem (``a.png`` and ``a.jpg``) are an error, as
+    which one pairs with the other folder's ``a`` cannot be told."""
+    out: dict[str, Path] = {}
+    for p in paths:
+        if p.stem in out:
+            raise DatasetFormatError(
+                f"{fmt}: {out[p.stem]} and {p} share the stem {p.stem!r}; keep one file per stem"
+            )
+        out[p.stem] = p
+    return out
+
+
+def check_lossless_mask(path: Path, fmt: str) -> None:
+    """Label masks must be lossless: JPEG turns the class ids along every edge into other ids."""
+    if path.suffix.lower() in LOSSY_MASK_SUFFIXES:
+        raise DatasetFormatError(
+            f"{fmt}: mask {path} is {path.suffix} (lossy JPEG): compression changes label values "
+            "along defect edges; save masks losslessly as PNG"
+        )
+
+
+def check_mask_size(mask: Path, image: Path, image_size: tuple[int, int]) -> None:
+    """Mask header size must equal the image's (cheap: headers only, at indexing)."""
+    mw, mh = image_size_of_mask(mask)
+    w, h = image_size
+    if (mw, mh) != (w, h):
+        raise DatasetFormatError(f"{mask}: mask is {mw}x{mh} but image {image.name} is {w}x{h}")
+
+
+def image_size_of_mask(path: Path) -> tuple[int, int]:
+    """``(width, height)`` of a mask from its header (a mask that cannot be read is an error:
+    unlike an image it cannot be skipped, the label would be lost silently)."""
+    try:
+        with Image.open(path) as im:
+            return int(im.width), int(im.height)
+    except Exception as exc:
+        raise DatasetFormatError(f"cannot read mask header of {path}: {exc}") from None
+
+
+def series_ranges(values: Iterable[int], prefix: str = "C") -> str:
+    """``[1, 2, 3, 5]`` -> ``"C0001..C0003, C0005"`` (compact lists in messages)."""
+    ordered = sorted(set(values))
+    parts: list[str] = []
+    i = 0
+    while i < len(ordered):
+        j = i
+        while j + 1 < len(ordered) and ordered[j + 1] == ordered[j] + 1:
+            j += 1
+        a, b = f"{prefix}{ordered[i]:04d}", f"{prefix}{ordered[j]:04d}"
+        parts.append(a if i == j else f"{a}..{b}")
+        i = j + 1
+    return ", ".join(parts) if parts else "none"
+
+
 class InspectionDataset(Dataset):
     """Base of all formats: ``(image, target)`` items per the §3 contract.
 
@@ -205,6 +403,11 @@ class InspectionDataset(Dataset):
     ignore_index: int = IGNORE_INDEX
     #: Test short edge of the paper's Table 1 (the val transform's default).
     test_short_edge: ClassVar[int] = 800
+    #: Table 1's (train, val) image counts for the paper's datasets; None for generic formats.
+    #: ``raybench data check`` prints the counts it finds next to these.
+    PAPER_SPLIT_SIZES: ClassVar[tuple[int, int] | None] = None
+    #: Default of the ``empty_images`` policy (formats that have the option).
+    EMPTY_IMAGES_DEFAULT: ClassVar[dict[str, str]] = {"train": "drop", "val": "drop"}
     #: How many example messages per problem kind are kept in ``problems``.
     MAX_EXAMPLES: ClassVar[int] = 5
 
@@ -222,6 +425,50 @@ class InspectionDataset(Dataset):
         self.stats: Counter[str] = Counter()
         self.problems: dict[str, list[str]] = {}
         self._infos: list[ImageInfo] = []
+        self.empty_policy: str = "keep"
+        check_root(self.name, self.root)
+
+    # --- option values ------------------------------------------------------------------
+    @classmethod
+    def validate_options(cls, options: Mapping[str, Any]) -> None:
+        """Check option *values* (types, ranges, enums) without touching the disk.
+
+        Raises :class:`DatasetOptionError` naming the option. The constructor calls it too,
+        so a study's up-front check and the trial's own construction agree. Subclasses extend
+        it (``super().validate_options(options)`` first).
+        """
+        if not isinstance(options, Mapping):
+            raise DatasetOptionError("options", f"expected a mapping of option: value, got {options!r}")
+        for key in options:
+            if key not in cls.OPTIONS:
+                raise DatasetOptionError(
+                    str(key),
+                    f"unknown option for dataset {cls.name!r}{_did_you_mean(key, cls.OPTIONS)}; "
+                    f"known options: {', '.join(sorted(cls.OPTIONS))}",
+                )
+        if "skip_unreadable" in options:
+            check_bool("skip_unreadable", options["skip_unreadable"])
+        if "empty_images" in options and "empty_images" in cls.OPTIONS:
+            check_empty_images("empty_images", options["empty_images"], cls.EMPTY_IMAGES_DEFAULT)
+
+    def _validate_own(self, given: Mapping[str, Any]) -> None:
+        """Constructor hook: validate the options this instance was built with."""
+        type(self).validate_options({k: v for k, v in given.items() if k in self.OPTIONS})
+
+    # --- the empty-image policy ---------------------------------------------------------
+    def set_empty_policy(self, empty_images: Mapping[str, str] | None) -> None:
+        """Resolve this split's policy from the option (missing splits: the class default)."""
+        policy = check_empty_images("empty_images", empty_images or {}, self.EMPTY_IMAGES_DEFAULT)
+        self.empty_policy = policy[self.split]
+
+    def keep_image(self, n_objects: int) -> bool:
+        """Whether an image with ``n_objects`` kept annotations stays in this split (counted)."""
+        if n_objects or self.empty_policy == "keep":
+            if not n_objects:
+                self.stats["empty_images_kept"] += 1
+            return True
+        self.stats["empty_images_dropped"] += 1
+        return False
 
     # --- indexing helpers -------------------------------------------------------------
     def note(self, kind: str, message: str, count: int = 1) -> None:
@@ -231,19 +478,35 @@ class InspectionDataset(Dataset):
         if len(examples) < self.MAX_EXAMPLES:
             examples.append(message)
 
-    def finish_index(self) -> None:
-        """Warn once per problem kind and refuse an empty split (called by subclasses)."""
+    def finish_index(self, option: str | None = None) -> None:
+        """Warn once per problem kind and refuse an empty split (called by subclasses).
+
+        ``option``: the option that decided this split's membership (e.g. ``val_fraction``),
+        named by the error when the split comes out empty. When the empty-image policy
+        dropped every image, the error names ``empty_images`` instead.
+        """
         for kind, examples in self.problems.items():
             warnings.warn(
                 f"{self.name} {self.split}: {self.stats[kind]} x {kind.replace('_', ' ')} "
                 f"(e.g. {examples[0]}); run `raybench data check {self.name} ROOT` for a report",
                 stacklevel=4,
             )
-        if not self._infos:
-            raise DatasetFormatError(
-                f"{self.name}: split {self.split!r} under {self.root} is empty (0 images); "
-                "check the root folder, the split options and the annotation files"
+        if self._infos:
+            return
+        message = (
+            f"{self.name}: split {self.split!r} under {self.root} is empty (0 images); "
+            "check the root folder, the split options and the annotation files"
+        )
+        dropped = self.stats.get("empty_images_dropped", 0)
+        if dropped:
+            raise DatasetDataOptionError(
+                "empty_images",
+                f"{message}: all {dropped} image(s) of the split have no annotations and "
+                f"empty_images.{self.split} is 'drop' (set it to 'keep' to use them)",
             )
+        if option is not None:
+            raise DatasetDataOptionError(option, message)
+        raise DatasetFormatError(message)
 
     def header_size(self, path: Path) -> tuple[int, int] | None:
         """``(width, height)`` of ``path`` from its header; None (noted) if unreadable and

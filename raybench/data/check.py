@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from raybench.data.errors import DatasetFormatError
-from raybench.data.registry import SPLITS, build_dataset
+from raybench.data.registry import SPLITS, build_dataset, dataset_class
 
 MAX_LISTED = 10
 
@@ -35,6 +35,7 @@ class ClassStats:
 class SplitReport:
     split: str
     images: int = 0
+    indexed: int = 0
     checked: int = 0
     readable: int = 0
     unreadable: int = 0
@@ -60,14 +61,31 @@ class CheckReport:
     splits: dict[str, SplitReport] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     fatal: list[str] = field(default_factory=list)
+    #: Table 1's {train, val} counts for the paper's datasets (empty for generic formats).
+    paper_sizes: dict[str, int] = field(default_factory=dict)
+    #: Per split: every value of the class attribute with objects / images / class (RarePlanes),
+    #: also when the split could not be built because of a value outside the class map.
+    class_values: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: How many images per split were to be decoded (None = all).
+    max_images: int | None = None
 
     @property
     def ok(self) -> bool:
         return not self.fatal
 
+    def found_sizes(self) -> dict[str, int | None]:
+        """Images per split in the index (what a trial trains / evaluates on)."""
+        return {s: (self.splits[s].indexed if s in self.splits else None) for s in SPLITS}
+
+    def paper_mismatch(self) -> bool:
+        found = self.found_sizes()
+        return bool(self.paper_sizes) and any(found[s] != self.paper_sizes[s] for s in SPLITS)
+
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["ok"] = self.ok
+        out["found_sizes"] = self.found_sizes()
+        out["paper_mismatch"] = self.paper_mismatch()
         return out
 
 
@@ -82,6 +100,7 @@ def _check_split(ds: Any, rep: SplitReport, report: CheckReport, max_images: int
     names = list(ds.class_names)
     rep.classes = {n: ClassStats() for n in names}
     rep.images = len(ds)
+    rep.indexed = len(ds)
     widths: list[int] = []
     heights: list[int] = []
     n = len(ds) if max_images is None else min(len(ds), max_images)
@@ -145,9 +164,21 @@ def _check_split(ds: Any, rep: SplitReport, report: CheckReport, max_images: int
 def check_dataset(
     name: str, root: str | Path, options: dict[str, Any] | None = None, max_images: int | None = None
 ) -> CheckReport:
-    """Validate dataset ``name`` at ``root`` (both splits); never raises for bad data."""
+    """Validate dataset ``name`` at ``root`` (both splits); never raises for bad data.
+
+    ``max_images``: decode at most this many images per split (0: indexing checks only, which
+    already parse and bound-check every annotation); a negative value is a usage error
+    (``ValueError``), not "check nothing".
+    """
+    if max_images is not None and (
+        isinstance(max_images, bool) or not isinstance(max_images, int) or max_images < 0
+    ):
+        raise ValueError(f"max_images must be an integer >= 0 (0 = indexing checks only), got {max_images!r}")
     options = dict(options or {})
-    report = CheckReport(name=name, root=str(root), options=options)
+    report = CheckReport(name=name, root=str(root), options=options, max_images=max_images)
+    sizes = getattr(dataset_class(name), "PAPER_SPLIT_SIZES", None)
+    if sizes is not None:
+        report.paper_sizes = dict(zip(SPLITS, sizes, strict=True))
     for split in SPLITS:
         rep = SplitReport(split=split)
         with warnings.catch_warnings(record=True) as caught:
@@ -156,6 +187,9 @@ def check_dataset(
                 ds = build_dataset(name, root, split, **options)
             except (DatasetFormatError, ValueError, OSError) as exc:
                 report.fatal.append(f"{split}: {exc}")
+                census = getattr(exc, "census", None)
+                if census:
+                    report.class_values[split] = census
                 ds = None
         for w in caught:
             msg = str(w.message)
@@ -164,6 +198,9 @@ def check_dataset(
         if ds is None:
             continue
         report.task, report.class_names = ds.task, list(ds.class_names)
+        census = getattr(ds, "class_census", None)
+        if census:
+            report.class_values[split] = census
         _check_split(ds, rep, report, max_images)
         report.splits[split] = rep
     return report
@@ -179,6 +216,8 @@ def format_report(report: CheckReport) -> str:
         )
     for rep in report.splits.values():
         checked = f", {rep.checked} checked" if rep.checked != rep.images else ""
+        if report.max_images == 0:
+            checked = ", 0 decoded (indexing checks only: --max-images 0)"
         lines.append(
             f"\n[{rep.split}] {rep.images} images{checked}: {rep.readable} readable, "
             f"{rep.unreadable} unreadable (skipped), {rep.empty_images} without annotations"
@@ -203,6 +242,8 @@ def format_report(report: CheckReport) -> str:
                 lines.append(f"    e.g. {ex}")
         for msg in rep.unreadable_files:
             lines.append(f"  unreadable: {msg}")
+    lines += _class_value_lines(report)
+    lines += _paper_lines(report)
     if report.warnings:
         lines.append("\nwarnings:")
         lines += [f"  {w}" for w in report.warnings]
@@ -213,3 +254,37 @@ def format_report(report: CheckReport) -> str:
             lines.append(f"  ... and {len(report.fatal) - MAX_LISTED} more")
     lines.append(f"\nresult: {'OK' if report.ok else 'FAILED'}")
     return "\n".join(lines)
+
+
+def _class_value_lines(report: CheckReport) -> list[str]:
+    """Every value of the class attribute per split, with the class it becomes (or none)."""
+    lines: list[str] = []
+    for split, census in report.class_values.items():
+        values = census.get("values", {})
+        lines.append(
+            f"\n[{split}] values of the class attribute {census.get('attribute')!r} ({len(values)}):"
+        )
+        lines.append(f"  {'value':<40}{'objects':>9}{'images':>8}  class")
+        for value, c in values.items():
+            target = c.get("class") or "(not in class_map: see option unmapped)"
+            lines.append(f"  {value:<40}{c.get('objects', 0):>9}{c.get('images', 0):>8}  {target}")
+    return lines
+
+
+def _paper_lines(report: CheckReport) -> list[str]:
+    """Table 1's split sizes next to the ones found, flagged when they differ."""
+    if not report.paper_sizes:
+        return []
+    found = report.found_sizes()
+    paper = ", ".join(f"{s} {report.paper_sizes[s]}" for s in SPLITS)
+    got = ", ".join(f"{s} {'?' if found[s] is None else found[s]}" for s in SPLITS)
+    lines = [f"\npaper Table 1 split sizes: {paper}"]
+    if not report.paper_mismatch():
+        lines.append(f"found:                     {got} (= Table 1)")
+        return lines
+    lines.append(f"found:                     {got}  <- DIFFERS from Table 1")
+    lines.append(
+        "  (expected with synthetic data; with the real data a different download / release or "
+        "non-default options (split, empty_images, unmapped, class_map, val_series, ...) change the counts)"
+    )
+    return lines

@@ -11,7 +11,7 @@ import json
 import sys
 from typing import Any
 
-from raybench.data.errors import DownloadError
+from raybench.data.errors import DatasetOptionError, DownloadError
 
 
 def parse_option(text: str) -> tuple[str, Any]:
@@ -49,7 +49,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     """Validate a dataset on disk; exit 1 on fatal problems."""
     from raybench.data.check import check_dataset, format_report
-    from raybench.data.registry import list_datasets
+    from raybench.data.registry import dataset_class, list_datasets
 
     try:
         options = _options(args.option)
@@ -61,6 +61,17 @@ def cmd_check(args: argparse.Namespace) -> int:
             f"error: unknown dataset {args.name!r}; known datasets: {', '.join(list_datasets())}",
             file=sys.stderr,
         )
+        return 2
+    if args.max_images is not None and args.max_images < 0:
+        print(
+            f"error: --max-images must be >= 0 (0 = indexing checks only), got {args.max_images}",
+            file=sys.stderr,
+        )
+        return 2
+    try:  # option values first: a typo is a usage error, not a data problem
+        dataset_class(args.name).validate_options(options)
+    except DatasetOptionError as exc:
+        print(f"error: {exc} (dataset {args.name!r}, --option)", file=sys.stderr)
         return 2
     report = check_dataset(args.name, args.root, options, max_images=args.max_images)
     if args.json:
@@ -104,7 +115,9 @@ def add_data_commands(subparsers: Any) -> None:
 
     p = sub.add_parser("synth", help="write a small synthetic dataset in the real on-disk format")
     p.add_argument("name", choices=sorted(SYNTHESIZERS))
-    p.add_argument("dir", help="output folder (created)")
+    p.add_argument(
+        "dir", help="output folder: new, empty, or written by an earlier `data synth` (then cleared)"
+    )
     p.add_argument("--images", type=int, default=8, help="number of images (default 8)")
     p.add_argument("--size", type=int, default=None, help="image height in pixels (default: the real size)")
     p.add_argument("--seed", type=int, default=0)
@@ -120,7 +133,12 @@ def add_data_commands(subparsers: Any) -> None:
     p.add_argument(
         "--option", action="append", metavar="KEY=VALUE", help="dataset option (value parsed as JSON)"
     )
-    p.add_argument("--max-images", type=int, default=None, help="decode at most N images per split")
+    p.add_argument(
+        "--max-images",
+        type=int,
+        default=None,
+        help="decode at most N images per split (0: indexing checks only; default: all)",
+    )
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("fetch", help="download a dataset (or print the manual steps)")

@@ -11,21 +11,32 @@ With a single file (option ``annotations``) the images are split 80/20 at random
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
-from raybench.data.base import ImageInfo, InspectionDataset, detection_target, random_split
+from raybench.data.base import (
+    InspectionDataset,
+    check_choice,
+    check_fraction,
+    check_int,
+    check_text,
+    detection_target,
+    random_split,
+)
 from raybench.data.coco_json import (
     add_annotation,
+    check_segmentation,
+    check_split_files,
     decode_masks,
+    index_images,
     load_json,
     read_images,
     require,
     require_list,
-    validate_segmentation,
 )
 from raybench.data.errors import DatasetFormatError
 from raybench.data.registry import register_dataset
@@ -38,10 +49,16 @@ def _path(root: Path, value: str) -> Path:
 
 @register_dataset("coco")
 class CocoDataset(InspectionDataset):
-    """Generic COCO detection (``task="detection"``) or instance segmentation (``"instance"``)."""
+    """Generic COCO detection (``task="detection"``) or instance segmentation (``"instance"``).
+
+    Images without (non-crowd) annotations: dropped from train, kept in val by default, as
+    Detectron2 does (``DATALOADER.FILTER_EMPTY_ANNOTATIONS`` filters the training set only;
+    empty val images still count false positives). Option ``empty_images``.
+    """
 
     #: The values of the ``task`` option (the study checks its ``task`` against them).
     TASKS: ClassVar[tuple[str, ...]] = ("detection", "instance")
+    EMPTY_IMAGES_DEFAULT: ClassVar[dict[str, str]] = {"train": "drop", "val": "keep"}
     OPTIONS: ClassVar[dict[str, Any]] = {
         "task": "detection",
         "train_annotations": "annotations/instances_train.json",
@@ -52,8 +69,24 @@ class CocoDataset(InspectionDataset):
         "images": "images",
         "val_fraction": 0.2,
         "split_seed": 42,
+        "empty_images": {"train": "drop", "val": "keep"},
         "skip_unreadable": True,
     }
+
+    @classmethod
+    def validate_options(cls, options: Any) -> None:
+        super().validate_options(options)
+        if "task" in options:
+            check_choice("task", options["task"], cls.TASKS)
+        for key in ("train_annotations", "val_annotations", "train_images", "val_images", "images"):
+            if key in options:
+                check_text(key, options[key])
+        if "annotations" in options:
+            check_text("annotations", options["annotations"], allow_none=True)
+        if "val_fraction" in options:
+            check_fraction("val_fraction", options["val_fraction"])
+        if "split_seed" in options:
+            check_int("split_seed", options["split_seed"], 0)
 
     def __init__(
         self,
@@ -70,26 +103,34 @@ class CocoDataset(InspectionDataset):
         images: str = "images",
         val_fraction: float = 0.2,
         split_seed: int = 42,
+        empty_images: Mapping[str, str] | None = None,
         skip_unreadable: bool = True,
     ) -> None:
+        self._validate_own(locals())
         super().__init__(root, split, transforms, skip_unreadable)
-        if task not in self.TASKS:
-            raise ValueError(f"coco option task must be one of {self.TASKS}, got {task!r}")
+        self.set_empty_policy(empty_images)
         self.task = task
         if annotations is not None:
             path, image_dir = _path(self.root, annotations), _path(self.root, images)
-        elif split == "train":
-            path, image_dir = _path(self.root, train_annotations), _path(self.root, train_images)
         else:
-            path, image_dir = _path(self.root, val_annotations), _path(self.root, val_images)
+            paths = {"train": _path(self.root, train_annotations), "val": _path(self.root, val_annotations)}
+            dirs = {"train": _path(self.root, train_images), "val": _path(self.root, val_images)}
+            path, image_dir = paths[split], dirs[split]
         self.annotation_path = path
         data = load_json(path)
         coco_images = read_images(data, path)
+        if annotations is None:
+            check_split_files(split, paths, dirs, (im.file_name for im in coco_images.values()))
         cats = require_list(data, "categories", path)
         cat_ids = []
         names: dict[Any, str] = {}
+        first: dict[Any, str] = {}
         for i, cat in enumerate(cats):
-            cid = require(cat, "id", f"categories[{i}]", path)
+            where = f"categories[{i}]"
+            cid = require(cat, "id", where, path)
+            if cid in first:  # which name / which objects belong to the id is ambiguous
+                raise DatasetFormatError(f"{path}: {where} repeats category id {cid!r} of {first[cid]}")
+            first[cid] = where
             names[cid] = str(cat.get("name", cid))
             cat_ids.append(cid)
         if not cat_ids:
@@ -119,22 +160,17 @@ class CocoDataset(InspectionDataset):
             seg = None
             if task == "instance":
                 seg = require(ann, "segmentation", where, path)
-                validate_segmentation(seg, where, path)
+                check_segmentation(self, seg, coco_images[img_id], where, path)
             add_annotation(self, coco_images[img_id], bbox, self.category_to_label[cid], seg, where, path)
         chosen = sorted(coco_images.values(), key=lambda im: im.file_name)
-        if annotations is not None:
+        option = None
+        if annotations is not None:  # split first, then the policy: val keeps the same images
             train, val = random_split([im.file_name for im in chosen], val_fraction, split_seed)
             keep = train if split == "train" else val
+            option = "val_fraction" if chosen and not keep else None
             chosen = [im for im in chosen if im.file_name in keep]
-        self._images = []
-        for img in chosen:
-            file = image_dir / img.file_name
-            if not file.is_file():
-                self.note("missing_images", f"{file} (listed in {path.name})")
-                continue
-            self._images.append(img)
-            self._infos.append(ImageInfo(file, img.width, img.height, img.image_id))
-        self.finish_index()
+        self._images = index_images(self, chosen, image_dir, path)
+        self.finish_index(option=option)
 
     def image_classes(self, i: int) -> list[int]:
         return sorted(set(self._images[i].labels))

@@ -26,3 +26,27 @@ class DatasetOptionError(ValueError):
         super().__init__(f"option {option}: {message}")
         self.option = option
         self.detail = message
+
+
+class DatasetDataOptionError(DatasetFormatError, DatasetOptionError):
+    """The data on disk and an option disagree (``val_series`` names no series on disk, a
+    class value is outside ``class_map``, a policy leaves a split empty).
+
+    Both kinds at once: a :class:`DatasetFormatError` (it is found by reading the data) that
+    also names the option to change (``.option``), so a study can point at that YAML key.
+    ``census`` optionally carries counts the error was computed from (e.g. every value of
+    RarePlanes' class attribute), so ``data check`` can still print them.
+    """
+
+    def __init__(self, option: str, message: str, census: dict | None = None) -> None:
+        DatasetOptionError.__init__(self, option, message)
+        self.census = census
+
+
+class DatasetRootError(DatasetFormatError):
+    """The dataset root itself is unusable: missing, a file, or an empty folder.
+
+    ``key`` is ``"root"`` (the study key ``datasets[i].root``), not an option.
+    """
+
+    key = "root"

@@ -3,21 +3,32 @@
 Each ground-truth row is ``image_index x1 x2 y1 y2`` (1-based image index, numbers may be
 floats such as MATLAB's ``1.0000000e+00``); min/max are normalised because some series
 have the corners swapped. The split is by series (the paper's val series by default).
+
+Table 1 counts 706 train / 356 val images, far fewer than the castings in those series
+(2727 in 67 series): the paper's splits are the images that carry boxes, hence the default
+``empty_images: {train: drop, val: drop}`` (docs/datasets.md explains the reading).
 """
 
 from __future__ import annotations
 
+import math
 import re
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
-from raybench.data.base import ImageInfo, InspectionDataset, clip_boxes, detection_target
-from raybench.data.errors import DatasetFormatError
+from raybench.data.base import (
+    ImageInfo,
+    InspectionDataset,
+    clip_boxes,
+    detection_target,
+    series_ranges,
+)
+from raybench.data.errors import DatasetDataOptionError, DatasetFormatError, DatasetOptionError
 from raybench.data.registry import register_dataset
 
 DEFAULT_VAL_SERIES: tuple[int, ...] = (3, 32, 45, 54, 61, 87)
@@ -41,6 +52,8 @@ def parse_ground_truth(path: Path) -> list[tuple[int, list[float], int]]:
             raise DatasetFormatError(
                 f"{path} line {line_no}: expected 5 numbers 'image_index x1 x2 y1 y2', got {text!r}"
             )
+        if not all(math.isfinite(v) for v in values):
+            raise DatasetFormatError(f"{path} line {line_no}: non-finite number (nan/inf) in {text!r}")
         index, x1, x2, y1, y2 = values
         if index != int(index) or index < 1:
             raise DatasetFormatError(
@@ -50,28 +63,47 @@ def parse_ground_truth(path: Path) -> list[tuple[int, list[float], int]]:
     return rows
 
 
-def _as_series(values: Iterable[Any], option: str) -> set[int]:
+def as_series(values: Any, option: str) -> set[int]:
+    """Series numbers from ``[3, "C0032", ...]``; anything else names the option and item."""
+    if isinstance(values, (str, bytes, Mapping)) or not isinstance(values, Iterable):
+        raise DatasetOptionError(option, f"expected a list of series numbers (e.g. [3, 32]), got {values!r}")
     out = set()
-    for v in values:
-        text = str(v).strip().upper().lstrip("C")
-        if not text.isdigit():
-            raise ValueError(f"gdxray option {option}: {v!r} is not a series number (e.g. 3 or 'C0003')")
+    for i, v in enumerate(values):
+        text = str(v).strip().upper()
+        text = text[1:] if text.startswith("C") else text
+        if isinstance(v, bool) or isinstance(v, float) or not text.isdigit() or int(text) < 1:
+            raise DatasetOptionError(option, f"{v!r} is not a series number (e.g. 3 or 'C0003'; item {i})")
         out.add(int(text))
     return out
 
 
 @register_dataset("gdxray")
 class GDXrayDataset(InspectionDataset):
-    """GDXray Castings detection, one class ("defect"); images without boxes are kept."""
+    """GDXray Castings detection, one class ("defect"); images without boxes are dropped by
+    default (Table 1's 706 / 356 are the images that carry boxes)."""
 
     OPTIONS: ClassVar[dict[str, Any]] = {
         "val_series": DEFAULT_VAL_SERIES,
         "exclude_series": DEFAULT_EXCLUDE_SERIES,
-        "keep_empty": True,
+        "empty_images": {"train": "drop", "val": "drop"},
         "skip_unreadable": True,
     }
     task = "detection"
     num_classes = 1
+    PAPER_SPLIT_SIZES: ClassVar[tuple[int, int] | None] = (706, 356)
+
+    @classmethod
+    def validate_options(cls, options: Any) -> None:
+        super().validate_options(options)
+        val = as_series(options.get("val_series", DEFAULT_VAL_SERIES), "val_series")
+        excluded = as_series(options.get("exclude_series", DEFAULT_EXCLUDE_SERIES), "exclude_series")
+        both = sorted(val & excluded)
+        if both:
+            raise DatasetOptionError(
+                "val_series",
+                f"series {series_ranges(both)} also in exclude_series: a series is either validation "
+                "or excluded (train and val must not overlap, and an excluded series is in neither)",
+            )
 
     def __init__(
         self,
@@ -81,10 +113,12 @@ class GDXrayDataset(InspectionDataset):
         *,
         val_series: Iterable[Any] = DEFAULT_VAL_SERIES,
         exclude_series: Iterable[Any] = DEFAULT_EXCLUDE_SERIES,
-        keep_empty: bool = True,
+        empty_images: Mapping[str, str] | None = None,
         skip_unreadable: bool = True,
     ) -> None:
+        self._validate_own(locals())
         super().__init__(root, split, transforms, skip_unreadable)
+        self.set_empty_policy(empty_images)
         self.class_names = ["defect"]
         base = self.root / "Castings" if (self.root / "Castings").is_dir() else self.root
         entries = sorted(base.iterdir()) if base.is_dir() else []
@@ -94,8 +128,13 @@ class GDXrayDataset(InspectionDataset):
                 f"gdxray: no series folders (C0001, C0002, ...) found in {base}; expected "
                 "ROOT/Castings/Cssss/Cssss_nnnn.png"
             )
-        val = _as_series(val_series, "val_series")
-        excluded = _as_series(exclude_series, "exclude_series")
+        val = as_series(val_series, "val_series")
+        excluded = as_series(exclude_series, "exclude_series")
+        found = f"found {series_ranges(series_dirs)}"
+        if split == "val" and val and not val & set(series_dirs):  # the option is wrong, not the data
+            raise DatasetDataOptionError(
+                "val_series", f"series {series_ranges(val)} not found under {base}; {found}"
+            )
         for option, wanted in (("val_series", val), ("exclude_series", excluded)):
             for s in sorted(wanted - set(series_dirs)):
                 warnings.warn(
@@ -106,16 +145,26 @@ class GDXrayDataset(InspectionDataset):
         chosen = [s for s in series_dirs if s not in excluded and ((s in val) == (split == "val"))]
         self._boxes: list[np.ndarray] = []
         for s in chosen:
-            self._index_series(s, series_dirs[s], keep_empty)
+            self._index_series(s, series_dirs[s])
         self.series = chosen
-        self.finish_index()
+        if not chosen and split == "train":
+            raise DatasetDataOptionError(
+                "exclude_series",
+                f"no training series left under {base}: every series is in val_series or "
+                f"exclude_series ({found})",
+            )
+        self.finish_index(option="val_series" if not chosen else None)
 
-    def _index_series(self, s: int, folder: Path, keep_empty: bool) -> None:
+    def _index_series(self, s: int, folder: Path) -> None:
         prefix = folder.name
         images = {}
         for p in sorted(folder.glob(f"{prefix}_*.png")):
             tail = p.stem[len(prefix) + 1 :]
             if tail.isdigit():
+                if int(tail) in images:  # C0001_0001.png and C0001_001.png: which one has the boxes?
+                    raise DatasetFormatError(
+                        f"gdxray: {images[int(tail)]} and {p} have the same image index {int(tail)}"
+                    )
                 images[int(tail)] = p
         gt_path = folder / "ground_truth.txt"
         per_image: dict[int, list[list[float]]] = {}
@@ -129,7 +178,7 @@ class GDXrayDataset(InspectionDataset):
                 per_image.setdefault(index, []).append(box)
         for index, path in sorted(images.items()):
             boxes = per_image.get(index, [])
-            if not boxes and not keep_empty:
+            if not boxes and not self.keep_image(0):
                 continue
             size = self.header_size(path)
             if size is None:
@@ -149,6 +198,8 @@ class GDXrayDataset(InspectionDataset):
                         f"{gt_path.name} of {prefix}: box {boxes[k]} on {path.name}",
                     )
                 arr = clipped[keep]
+                if not len(arr) and not self.keep_image(0):  # every box degenerate: empty now
+                    continue
             self._infos.append(ImageInfo(path, w, h, s * 10000 + index))
             self._boxes.append(arr)
 

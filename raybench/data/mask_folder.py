@@ -18,6 +18,15 @@ from raybench.data.base import (
     IGNORE_INDEX,
     ImageInfo,
     InspectionDataset,
+    by_unique_stem,
+    check_disjoint,
+    check_fraction,
+    check_int,
+    check_lossless_mask,
+    check_mask_size,
+    check_names,
+    check_text,
+    find_repeats,
     list_images,
     random_split,
     read_mask,
@@ -37,8 +46,10 @@ def read_class_file(path: Path) -> list[str]:
     return names
 
 
-def _read_split_file(path: Path, stems: set[str]) -> list[str]:
-    out = []
+def read_split_file(path: Path, stems: set[str]) -> list[str]:
+    """Stems listed in a split file; an unknown name or a name listed twice is an error."""
+    out: list[str] = []
+    lines: list[int] = []
     for line_no, line in enumerate(path.read_text().splitlines(), start=1):
         name = line.strip()
         if not name or name.startswith("#"):
@@ -47,6 +58,10 @@ def _read_split_file(path: Path, stems: set[str]) -> list[str]:
         if stem not in stems:
             raise DatasetFormatError(f"{path} line {line_no}: {name!r} is not an image in images/")
         out.append(stem)
+        lines.append(line_no)
+    for stem, where in find_repeats(out).items():
+        at = " and ".join(str(lines[i]) for i in where)
+        raise DatasetFormatError(f"{path} lines {at}: {stem!r} is listed more than once")
     return out
 
 
@@ -66,6 +81,19 @@ class MaskFolderDataset(InspectionDataset):
     }
     task = "semantic"
 
+    @classmethod
+    def validate_options(cls, options: Any) -> None:
+        super().validate_options(options)
+        for key in ("image_dir", "mask_dir", "classes_file", "splits_dir"):
+            if key in options:
+                check_text(key, options[key])
+        if "class_names" in options:
+            check_names("class_names", options["class_names"])
+        if "val_fraction" in options:
+            check_fraction("val_fraction", options["val_fraction"])
+        if "split_seed" in options:
+            check_int("split_seed", options["split_seed"], 0)
+
     def __init__(
         self,
         root: Path,
@@ -81,6 +109,7 @@ class MaskFolderDataset(InspectionDataset):
         split_seed: int = 42,
         skip_unreadable: bool = True,
     ) -> None:
+        self._validate_own(locals())
         super().__init__(root, split, transforms, skip_unreadable)
         if class_names is not None:
             self.class_names = [str(n) for n in class_names]
@@ -92,22 +121,30 @@ class MaskFolderDataset(InspectionDataset):
                 f"{self.root / classes_file} (one foreground class name per line, ids 1..K)"
             )
         self.num_classes = len(self.class_names)
-        images = list_images(self.root / image_dir)
         if not (self.root / image_dir).is_dir():
             raise DatasetFormatError(f"mask_folder: image folder not found: {self.root / image_dir}")
-        masks = {p.stem: p for p in list_images(self.root / mask_dir)}
-        by_stem = {p.stem: p for p in images}
+        by_stem = by_unique_stem(list_images(self.root / image_dir), "mask_folder")
+        masks = by_unique_stem(list_images(self.root / mask_dir), "mask_folder")
+        for stem, mask in masks.items():
+            if stem in by_stem:
+                check_lossless_mask(mask, "mask_folder")
         split_files = [self.root / splits_dir / f"{s}.txt" for s in ("train", "val")]
+        option = None
         if any(f.is_file() for f in split_files):
             missing = [str(f) for f in split_files if not f.is_file()]
             if missing:
                 raise DatasetFormatError(
                     f"mask_folder: {missing[0]} is missing (both split files are needed)"
                 )
-            chosen = _read_split_file(split_files[0 if split == "train" else 1], set(by_stem))
+            lists = [read_split_file(f, set(by_stem)) for f in split_files]
+            check_disjoint(
+                dict(zip(("train", "val"), lists, strict=True)), f"{split_files[0]} and {split_files[1]}"
+            )
+            chosen = lists[0 if split == "train" else 1]
         else:
             train, val = random_split(list(by_stem), val_fraction, split_seed)
             chosen = sorted(train if split == "train" else val)
+            option = "val_fraction" if by_stem and not chosen else None
         self._masks: list[Path] = []
         self._classes: dict[int, list[int]] = {}
         for stem in chosen:
@@ -120,9 +157,10 @@ class MaskFolderDataset(InspectionDataset):
             size = self.header_size(by_stem[stem])
             if size is None:
                 continue
+            check_mask_size(mask, by_stem[stem], size)  # headers only: fails now, not mid-run
             self._infos.append(ImageInfo(by_stem[stem], *size, len(self._infos)))
             self._masks.append(mask)
-        self.finish_index()
+        self.finish_index(option=option)
 
     def _read(self, i: int) -> np.ndarray:
         mask = read_mask(self._masks[i])

@@ -18,6 +18,12 @@ from raybench.data.base import (
     IMAGE_SUFFIXES,
     ImageInfo,
     InspectionDataset,
+    by_unique_stem,
+    check_bool,
+    check_fraction,
+    check_int,
+    check_lossless_mask,
+    check_mask_size,
     list_images,
     read_mask,
     stratified_split,
@@ -41,11 +47,16 @@ GOOD_FOLDERS = frozenset({"good", "ok", "normal"})
 
 
 def find_mask(gt_dir: Path, image: Path) -> Path | None:
-    """The mask of ``image``: ``<stem>_mask.*`` (MVTec) first, then ``<stem>.*``."""
+    """The mask of ``image``: ``<stem>_mask.*`` (MVTec) first, then ``<stem>.*``.
+
+    A JPEG mask is refused (the published ground truth is PNG; JPEG would move the > 30
+    threshold's edge and add speckles), with an error naming it.
+    """
     for stem in (f"{image.stem}_mask", image.stem):
-        for suffix in (image.suffix, *IMAGE_SUFFIXES):
+        for suffix in dict.fromkeys((image.suffix, *IMAGE_SUFFIXES)):
             candidate = gt_dir / f"{stem}{suffix}"
             if candidate.is_file():
+                check_lossless_mask(candidate, "rubber_rings")
                 return candidate
     return None
 
@@ -63,6 +74,19 @@ class RubberRingsDataset(InspectionDataset):
     }
     task = "semantic"
     num_classes = len(CLASS_NAMES)
+    PAPER_SPLIT_SIZES: ClassVar[tuple[int, int] | None] = (158, 39)
+
+    @classmethod
+    def validate_options(cls, options: Any) -> None:
+        super().validate_options(options)
+        if "val_fraction" in options:
+            check_fraction("val_fraction", options["val_fraction"])
+        if "split_seed" in options:
+            check_int("split_seed", options["split_seed"], 0)
+        if "mask_threshold" in options:
+            check_int("mask_threshold", options["mask_threshold"], 0, 254)
+        if "include_good" in options:
+            check_bool("include_good", options["include_good"])
 
     def __init__(
         self,
@@ -76,6 +100,7 @@ class RubberRingsDataset(InspectionDataset):
         include_good: bool = False,
         skip_unreadable: bool = True,
     ) -> None:
+        self._validate_own(locals())
         super().__init__(root, split, transforms, skip_unreadable)
         self.class_names = list(CLASS_NAMES)
         self.mask_threshold = int(mask_threshold)
@@ -101,7 +126,7 @@ class RubberRingsDataset(InspectionDataset):
                     self.note("unknown_defect_folders", f"{folder} (known: {', '.join(CLASS_NAMES)})")
                     continue
                 gt_dir = self.root / part / "ground_truth" / folder.name
-                for image in list_images(folder):
+                for image in by_unique_stem(list_images(folder), "rubber_rings").values():
                     mask = None
                     if cls_id:
                         mask = find_mask(gt_dir, image)
@@ -117,15 +142,18 @@ class RubberRingsDataset(InspectionDataset):
         train, val = stratified_split(groups, val_fraction, split_seed)
         self._masks: list[Path | None] = []
         self._classes: list[int] = []
-        for key in sorted(train if split == "train" else val):
+        chosen = sorted(train if split == "train" else val)
+        for key in chosen:
             image, mask, cls_id = entries[key]
             size = self.header_size(image)
             if size is None:
                 continue
+            if mask is not None:
+                check_mask_size(mask, image, size)  # headers only: a wrong mask fails now, not mid-run
             self._infos.append(ImageInfo(image, *size, len(self._infos)))
             self._masks.append(mask)
             self._classes.append(cls_id)
-        self.finish_index()
+        self.finish_index(option="val_fraction" if entries and not chosen else None)
 
     def image_classes(self, i: int) -> list[int]:
         return [self._classes[i]] if self._classes[i] else []

@@ -18,6 +18,11 @@ from raybench.data.base import (
     IGNORE_INDEX,
     ImageInfo,
     InspectionDataset,
+    check_bool,
+    check_choice,
+    check_fraction,
+    check_int,
+    check_text,
     list_images,
     random_split,
 )
@@ -51,6 +56,13 @@ def parse_rle(rle: str) -> tuple[np.ndarray, np.ndarray]:
         raise DatasetFormatError(f"RLE start {int(starts.min())} < 1 (starts are 1-indexed)")
     if lengths.size and lengths.min() < 1:
         raise DatasetFormatError(f"RLE run length {int(lengths.min())} < 1")
+    back = np.nonzero(starts[1:] < starts[:-1])[0]
+    if back.size:  # the format lists runs in pixel order; out of order hints at a broken export
+        k = int(back[0])
+        raise DatasetFormatError(
+            f"RLE runs are not in ascending order: run at {int(starts[k + 1])} follows run at "
+            f"{int(starts[k])} (runs must be listed in pixel order)"
+        )
     if starts.size > 1:
         order = np.argsort(starts, kind="stable")
         s, e = starts[order], starts[order] + lengths[order]
@@ -63,10 +75,10 @@ def parse_rle(rle: str) -> tuple[np.ndarray, np.ndarray]:
     return starts, lengths
 
 
-def runs_to_index(starts: np.ndarray, lengths: np.ndarray, n_pixels: int) -> np.ndarray:
-    """Flat 0-based pixel indices covered by the runs (vectorised; errors past the end)."""
+def check_runs_fit(starts: np.ndarray, lengths: np.ndarray, n_pixels: int) -> None:
+    """Every run must end within the image (``n_pixels`` = H*W); cheap, no decoding."""
     if starts.size == 0:
-        return np.zeros(0, dtype=np.int64)
+        return
     ends = starts - 1 + lengths
     if int(ends.max()) > n_pixels:
         k = int(np.argmax(ends))
@@ -74,6 +86,13 @@ def runs_to_index(starts: np.ndarray, lengths: np.ndarray, n_pixels: int) -> np.
             f"RLE run starting at pixel {int(starts[k])} with length {int(lengths[k])} ends at "
             f"{int(ends[k])}, past the image end ({n_pixels} pixels)"
         )
+
+
+def runs_to_index(starts: np.ndarray, lengths: np.ndarray, n_pixels: int) -> np.ndarray:
+    """Flat 0-based pixel indices covered by the runs (vectorised; errors past the end)."""
+    if starts.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    check_runs_fit(starts, lengths, n_pixels)
     total = int(lengths.sum())
     offsets = np.repeat(starts - 1 - (np.cumsum(lengths) - lengths), lengths)
     return offsets + np.arange(total, dtype=np.int64)
@@ -97,15 +116,21 @@ def rle_encode(mask: np.ndarray) -> str:
     return " ".join(f"{s} {e - s}" for s, e in zip(starts, ends, strict=True))
 
 
-def read_severstal_csv(path: Path) -> tuple[str, dict[str, list[tuple[int, str, int]]]]:
+def read_severstal_csv(
+    path: Path, duplicates: list[str] | None = None
+) -> tuple[str, dict[str, list[tuple[int, str, int]]]]:
     """Parse ``train.csv`` (either variant) -> (variant, {image: [(class_id, rle, line)]}).
 
     Every listed image appears as a key (with an empty list when it has no defect), so the
-    old variant's defect-free images are kept.
+    old variant's defect-free images are kept. Two rows for the same image and class: with
+    the same RLE they are merged and described in ``duplicates`` (the caller warns with the
+    count); with different RLE it is an error naming both lines (which mask is right cannot
+    be guessed).
     """
     if not path.is_file():
         raise DatasetFormatError(f"annotation file not found: {path}")
     rows: dict[str, list[tuple[int, str, int]]] = {}
+    seen: dict[tuple[str, int], tuple[str, int]] = {}
     with path.open(newline="") as fh:
         reader = csv.reader(fh)
         header = [h.strip() for h in next(reader, [])]
@@ -149,7 +174,18 @@ def read_severstal_csv(path: Path) -> tuple[str, dict[str, list[tuple[int, str, 
                     f"{path} line {line}: ClassId {cls_text!r} for image {image!r} is not in 1..{NUM_CLASSES}"
                 )
             entries = rows.setdefault(image, [])
-            rle = row[i_rle].strip()
+            rle = " ".join(row[i_rle].split())
+            first = seen.get((image, cls))
+            if first is not None:
+                if first[0] != rle:
+                    raise DatasetFormatError(
+                        f"{path} lines {first[1]} and {line}: image {image!r} class {cls} is listed twice "
+                        "with different EncodedPixels; expected one row per image and class"
+                    )
+                if duplicates is not None:
+                    duplicates.append(f"{path.name} lines {first[1]} and {line}: image {image} class {cls}")
+                continue
+            seen[(image, cls)] = (rle, line)
             if rle:
                 entries.append((cls, rle, line))
     return variant, rows
@@ -175,6 +211,23 @@ class SeverstalDataset(InspectionDataset):
     task = "semantic"
     num_classes = NUM_CLASSES
     test_short_edge: ClassVar[int] = 384
+    PAPER_SPLIT_SIZES: ClassVar[tuple[int, int] | None] = (5332, 1334)
+    OVERLAP_RULES: ClassVar[tuple[str, ...]] = ("last", "ignore")
+
+    @classmethod
+    def validate_options(cls, options: Any) -> None:
+        super().validate_options(options)
+        for key in ("csv_file", "image_dir"):
+            if key in options:
+                check_text(key, options[key])
+        if "only_defective" in options:
+            check_bool("only_defective", options["only_defective"])
+        if "val_fraction" in options:
+            check_fraction("val_fraction", options["val_fraction"])
+        if "split_seed" in options:
+            check_int("split_seed", options["split_seed"], 0)
+        if "overlap" in options:
+            check_choice("overlap", options["overlap"], cls.OVERLAP_RULES)
 
     def __init__(
         self,
@@ -190,16 +243,18 @@ class SeverstalDataset(InspectionDataset):
         overlap: str = "last",
         skip_unreadable: bool = True,
     ) -> None:
+        self._validate_own(locals())
         super().__init__(root, split, transforms, skip_unreadable)
-        if overlap not in ("last", "ignore"):
-            raise ValueError(f"severstal option overlap must be 'last' or 'ignore', got {overlap!r}")
         self.class_names = [f"defect_{c}" for c in range(1, NUM_CLASSES + 1)]
         self.overlap = overlap
         self.csv_path = self.root / csv_file
         image_root = self.root / image_dir
         if not image_root.is_dir():
             raise DatasetFormatError(f"severstal: image folder not found: {image_root}")
-        self.csv_variant, rows = read_severstal_csv(self.csv_path)
+        duplicates: list[str] = []
+        self.csv_variant, rows = read_severstal_csv(self.csv_path, duplicates)
+        for text in duplicates:
+            self.note("duplicate_rows_merged", f"{text} (identical EncodedPixels)")
         on_disk = {p.name: p for p in list_images(image_root)}
         if only_defective:
             candidates = [img for img, runs in rows.items() if runs]
@@ -227,9 +282,17 @@ class SeverstalDataset(InspectionDataset):
             size = self.header_size(path)
             if size is None:
                 continue
+            w, h = size
+            for cls, starts, lengths, line in runs:  # every run inside the image, now, not at load
+                try:
+                    check_runs_fit(starts, lengths, w * h)
+                except DatasetFormatError as exc:
+                    raise DatasetFormatError(
+                        f"{self.csv_path} line {line} (image {image}, class {cls}, image {w}x{h}): {exc}"
+                    ) from None
             self._infos.append(ImageInfo(path, *size, len(self._infos)))
             self._runs.append(runs)
-        self.finish_index()
+        self.finish_index(option="val_fraction" if candidates and not chosen else None)
 
     def image_classes(self, i: int) -> list[int]:
         return sorted({cls for cls, *_ in self._runs[i]})

@@ -5,6 +5,13 @@ throughput benchmark) runs without the real data. Defects are *learnable*: each 
 its own shape, size and intensity on a noisy textured background, roughly like the real
 ones. Output is a pure function of ``(name, images, size, seed, options)``.
 
+Like the real data they hold what the loaders' policies act on: images without any
+annotation (GDXray, RarePlanes, COCO: every 3rd / 4th image of a split) and RarePlanes
+objects whose role is outside the three civil classes (military roles).
+
+A folder written here carries a marker file (:data:`MARKER`); writing again into it clears
+it first, and a non-empty folder without the marker is refused (stale files would mix in).
+
 ``size`` is the image height (Severstal width = 6.25 x height as 1600x256; GDXray width =
 768/572 x height); square tiles otherwise. ``size=None`` uses the real size.
 """
@@ -14,6 +21,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -34,6 +42,8 @@ DEFAULT_SIZE = {
     "mask_folder": 256,
 }
 MIN_IMAGES = {"rubber_rings": 3}
+#: Largest ``object_scale``: beyond it most objects would only be clamped to the image.
+MAX_OBJECT_SCALE = 10.0
 
 
 # --- drawing helpers ----------------------------------------------------------------------
@@ -94,25 +104,31 @@ def _steel(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     return img.astype(np.float32)
 
 
-def _severstal_defect(rng: np.random.Generator, img: np.ndarray, cls: int) -> np.ndarray:
+def _severstal_defect(rng: np.random.Generator, img: np.ndarray, cls: int, k: float = 1.0) -> np.ndarray:
+    """Draw one defect of class ``cls`` into ``img``; ``k`` scales its size (object_scale)."""
     h, w = img.shape
     m, d = new_mask(h, w)
     if cls == 1:  # clusters of small dark pits
         cy, cx = rng.uniform(0.2 * h, 0.8 * h), rng.uniform(0.05 * w, 0.95 * w)
         for _ in range(rng.integers(3, 8)):
-            r = rng.uniform(0.02, 0.045) * h
-            ellipse(d, cy + rng.normal(0, 0.08 * h), cx + rng.normal(0, 0.08 * h), r, r * rng.uniform(1, 1.8))
+            r = min(rng.uniform(0.02, 0.045) * k, 0.2) * h
+            spread = min(0.08 * k, 0.25) * h
+            ellipse(d, cy + rng.normal(0, spread), cx + rng.normal(0, spread), r, r * rng.uniform(1, 1.8))
         mask = as_bool(m)
         blend(img, mask, img - 55)
     elif cls == 2:  # thin bright vertical scratches
         for _ in range(rng.integers(1, 3)):
             x = rng.uniform(0.05 * w, 0.95 * w)
             y0, y1 = rng.uniform(0, 0.3 * h), rng.uniform(0.7 * h, h)
-            d.line([(x, y0), (x + rng.normal(0, 0.05 * h), y1)], fill=255, width=max(2, int(0.03 * h)))
+            d.line(
+                [(x, y0), (x + rng.normal(0, 0.05 * h), y1)],
+                fill=255,
+                width=max(2, int(min(0.03 * k, 0.2) * h)),
+            )
         mask = as_bool(m)
         blend(img, mask, np.minimum(img + 70, 250))
     elif cls == 3:  # long horizontal scratch bands with fine texture
-        length, thick = rng.uniform(0.15, 0.45) * w, rng.uniform(0.05, 0.14) * h
+        length, thick = rng.uniform(0.15, 0.45) * w, min(rng.uniform(0.05, 0.14) * k, 0.4) * h
         x0, y = rng.uniform(0, w - length), rng.uniform(0.1 * h, 0.9 * h)
         pts = [
             (x0, y),
@@ -124,7 +140,7 @@ def _severstal_defect(rng: np.random.Generator, img: np.ndarray, cls: int) -> np
         stripes = 25 * np.sign(np.sin(np.arange(h)[:, None] * 1.7 + np.zeros((1, w))))
         blend(img, mask, img + stripes + rng.normal(0, 10, img.shape))
     else:  # large dark smooth blobs
-        ry, rx = rng.uniform(0.2, 0.4) * h, rng.uniform(0.3, 0.9) * h
+        ry, rx = min(rng.uniform(0.2, 0.4) * k, 0.45) * h, min(rng.uniform(0.3, 0.9) * k, 0.45 * w / h) * h
         ellipse(d, rng.uniform(0.3 * h, 0.7 * h), rng.uniform(rx, w - rx), ry, rx)
         m = m.filter(ImageFilter.GaussianBlur(0.02 * h))
         mask = as_bool(m)
@@ -133,7 +149,12 @@ def _severstal_defect(rng: np.random.Generator, img: np.ndarray, cls: int) -> np
 
 
 def synth_severstal(
-    out: Path, images: int, size: int, rng: np.random.Generator, csv_format: str = "current"
+    out: Path,
+    images: int,
+    size: int,
+    rng: np.random.Generator,
+    object_scale: float = 1.0,
+    csv_format: str = "current",
 ) -> None:
     if csv_format not in ("current", "old"):
         raise ValueError(f"severstal csv_format must be 'current' or 'old', got {csv_format!r}")
@@ -158,7 +179,7 @@ def synth_severstal(
             )
             if rng.random() < 0.15:
                 classes.append(int(rng.choice([c for c in (1, 2, 3, 4) if c != classes[0]])))
-        masks = {c: _severstal_defect(rng, img, c) for c in sorted(set(classes))}
+        masks = {c: _severstal_defect(rng, img, c, object_scale) for c in sorted(set(classes))}
         file = f"{stem}.jpg"
         Image.fromarray(np.repeat(to_uint8(img)[..., None], 3, axis=2)).save(folder / file, quality=95)
         for c in (1, 2, 3, 4):
@@ -207,22 +228,26 @@ def _ring_point(
     return geo["cy"] + rad * math.sin(a), geo["cx"] + rad * math.cos(a)
 
 
-def _rubber_defect(rng: np.random.Generator, img: np.ndarray, cls: str, geo: dict[str, float]) -> Image.Image:
+def _rubber_defect(
+    rng: np.random.Generator, img: np.ndarray, cls: str, geo: dict[str, float], k: float = 1.0
+) -> Image.Image:
+    """Draw one defect of class ``cls`` on the ring; ``k`` scales its size (object_scale)."""
     s = img.shape[0]
+    z = s * k  # defect sizes below are fractions of the image side, times object_scale
     m, d = new_mask(s, s)
     y, x = _ring_point(rng, geo, s, "edge" if cls in ("Small_fins", "Side_boundary") else "mid")
     if cls == "Large_bubble":
-        r = rng.uniform(0.025, 0.045) * s
+        r = rng.uniform(0.025, 0.045) * z
         ellipse(d, y, x, r, r)
         value: Any = 175
     elif cls in ("Large_pit", "Small_pit"):
-        r = rng.uniform(0.01, 0.02) * s * (1.0 if cls == "Large_pit" else 0.8)
+        r = rng.uniform(0.01, 0.02) * z * (1.0 if cls == "Large_pit" else 0.8)
         ellipse(d, y, x, r, r)
         value = 5
     elif cls == "Large_pressure":
         a = rng.uniform(0, math.pi)
         pts = rotated(
-            [(-0.08 * s, -0.012 * s), (0.08 * s, -0.012 * s), (0.08 * s, 0.012 * s), (-0.08 * s, 0.012 * s)],
+            [(-0.08 * z, -0.012 * z), (0.08 * z, -0.012 * z), (0.08 * z, 0.012 * z), (-0.08 * z, 0.012 * z)],
             a,
             x,
             y,
@@ -230,30 +255,30 @@ def _rubber_defect(rng: np.random.Generator, img: np.ndarray, cls: str, geo: dic
         d.polygon(pts, fill=255)
         value = 120
     elif cls == "Large_wear":
-        r = rng.uniform(0.04, 0.06) * s
+        r = rng.uniform(0.04, 0.06) * z
         ellipse(d, y, x, r, r * 1.5)
         value = 60 + 45 * (rng.random(img.shape) > 0.5)
     elif cls == "Small_fins":
         a = math.atan2(y - geo["cy"], x - geo["cx"])
-        pts = rotated([(0, -0.02 * s), (0.06 * s, -0.004 * s), (0.06 * s, 0.004 * s), (0, 0.02 * s)], a, x, y)
+        pts = rotated([(0, -0.02 * z), (0.06 * z, -0.004 * z), (0.06 * z, 0.004 * z), (0, 0.02 * z)], a, x, y)
         d.polygon(pts, fill=255)
         value = 140
     elif cls == "Small_scratch":
         a = rng.uniform(0, math.pi)
-        dx, dy = 0.06 * s * math.cos(a), 0.06 * s * math.sin(a)
-        d.line([(x - dx, y - dy), (x + dx, y + dy)], fill=255, width=max(2, int(0.008 * s)))
+        dx, dy = 0.06 * z * math.cos(a), 0.06 * z * math.sin(a)
+        d.line([(x - dx, y - dy), (x + dx, y + dy)], fill=255, width=max(2, int(0.008 * z)))
         value = 200
     elif cls == "Side_holes":
         for _ in range(rng.integers(2, 5)):
-            r = rng.uniform(0.008, 0.015) * s
-            ellipse(d, y + rng.normal(0, 0.03 * s), x + rng.normal(0, 0.08 * s), r, r)
+            r = rng.uniform(0.008, 0.015) * z
+            ellipse(d, y + rng.normal(0, 0.03 * z), x + rng.normal(0, 0.08 * z), r, r)
         value = 0
     else:  # Side_boundary: irregular bright band along the top edge
         x0 = rng.uniform(0.1 * s, 0.5 * s)
-        pts = [(x0, y - 0.01 * s)]
-        for k in range(1, 7):
-            pts.append((x0 + k * 0.06 * s, y + rng.uniform(-0.015, 0.015) * s))
-        pts += [(p[0], p[1] + 0.03 * s) for p in reversed(pts)]
+        pts = [(x0, y - 0.01 * z)]
+        for j in range(1, 7):
+            pts.append((x0 + j * 0.06 * z, y + rng.uniform(-0.015, 0.015) * z))
+        pts += [(p[0], p[1] + 0.03 * z) for p in reversed(pts)]
         d.polygon(pts, fill=255)
         value = 160
     m = m.filter(ImageFilter.GaussianBlur(0.8))  # soft edges: the > 30 threshold decides
@@ -261,7 +286,9 @@ def _rubber_defect(rng: np.random.Generator, img: np.ndarray, cls: str, geo: dic
     return m
 
 
-def synth_rubber_rings(out: Path, images: int, size: int, rng: np.random.Generator) -> None:
+def synth_rubber_rings(
+    out: Path, images: int, size: int, rng: np.random.Generator, object_scale: float = 1.0
+) -> None:
     s = size
     for k in range(images + 1):
         is_good = k == images
@@ -273,7 +300,7 @@ def synth_rubber_rings(out: Path, images: int, size: int, rng: np.random.Generat
         img_dir.mkdir(parents=True, exist_ok=True)
         stem = f"{k // len(RUBBER_CLASSES):03d}"
         if not is_good:
-            mask = _rubber_defect(rng, img, cls, geo)
+            mask = _rubber_defect(rng, img, cls, geo, object_scale)
             gt_dir = out / part / "ground_truth" / defect
             gt_dir.mkdir(parents=True, exist_ok=True)
             mask.save(gt_dir / f"{stem}_mask.png")
@@ -281,11 +308,35 @@ def synth_rubber_rings(out: Path, images: int, size: int, rng: np.random.Generat
 
 
 # --- RarePlanes -----------------------------------------------------------------------------
+#: (role, length / tile, wing type, engines, propulsion); the three civil roles are the classes.
 ROLES = (
     ("Small Civil Transport/Utility", 0.045, "straight", 1, "propeller"),
     ("Medium Civil Transport/Utility", 0.09, "swept", 2, "jet"),
     ("Large Civil Transport/Utility", 0.16, "swept", 4, "jet"),
 )
+#: Roles outside the 3 classes, as in the real annotations (role ids 4..7).
+MILITARY = (
+    ("Military Transport/Utility/AWAC", 0.14, "straight", 4, "propeller"),
+    ("Military Fighter/Interceptor/Attack", 0.06, "swept", 1, "jet"),
+    ("Military Bomber", 0.15, "swept", 4, "jet"),
+    ("Military Trainer", 0.04, "straight", 1, "propeller"),
+)
+
+
+def _tile_roles(rng: np.random.Generator, j: int, military_counter: list[int]) -> list[tuple]:
+    """Planes of tile ``j`` of a split: every 4th tile empty, tiles 5, 13, ... military only,
+    tiles 2, 6, ... one military plane among civil ones, else 1-4 civil planes."""
+    if j % 4 == 3:
+        return []
+
+    def military() -> tuple:
+        military_counter[0] += 1
+        return MILITARY[(military_counter[0] - 1) % len(MILITARY)]
+
+    if j % 8 == 5:
+        return [military() for _ in range(int(rng.integers(1, 3)))]
+    civil = [ROLES[int(rng.choice(3, p=[0.5, 0.35, 0.15]))] for _ in range(int(rng.integers(1, 4)))]
+    return civil + [military()] if j % 4 == 2 else civil
 
 
 def _plane_polygon(length: float, wing_type: str) -> list[tuple[float, float]]:
@@ -333,26 +384,28 @@ def _ground(rng: np.random.Generator, s: int) -> np.ndarray:
     return img.astype(np.float32)
 
 
-def synth_rareplanes(out: Path, images: int, size: int, rng: np.random.Generator) -> None:
+def synth_rareplanes(
+    out: Path, images: int, size: int, rng: np.random.Generator, object_scale: float = 1.0
+) -> None:
     s = size
     n_test = max(1, round(images * 0.25))
     plan = {"train": images - n_test, "test": n_test}
     meta = out / "real" / "metadata_annotations"
     meta.mkdir(parents=True, exist_ok=True)
+    every_role = ROLES + MILITARY
     for split, count in plan.items():
         folder = out / "real" / split / "PS-RGB_tiled"
         folder.mkdir(parents=True, exist_ok=True)
         data: dict[str, Any] = {"images": [], "annotations": [], "categories": []}
+        military_counter = [0]
         for k in range(count):
             img = _ground(rng, s)
             loc, cat = int(rng.integers(1, 120)), "".join(rng.choice(list("0123456789ABCDEF"), 16))
             file = f"{loc}_{cat}_tile_{k}.png"
             image_id = len(data["images"]) + 1
             data["images"].append({"id": image_id, "file_name": file, "width": s, "height": s})
-            n_planes = int(rng.integers(1, 5)) if k % 5 != 4 else 0
-            for _ in range(n_planes):
-                role, rel, wing, engines, prop = ROLES[int(rng.choice(3, p=[0.5, 0.35, 0.15]))]
-                length = rel * s * rng.uniform(0.85, 1.15)
+            for role, rel, wing, engines, prop in _tile_roles(rng, k, military_counter):
+                length = min(rel * object_scale, 0.7) * s * rng.uniform(0.85, 1.15)
                 cx, cy = rng.uniform(0.6 * length, s - 0.6 * length, 2)
                 poly = rotated(_plane_polygon(length, wing), rng.uniform(0, 2 * math.pi), cx, cy)
                 shadow, sd = new_mask(s, s)
@@ -372,9 +425,10 @@ def synth_rareplanes(out: Path, images: int, size: int, rng: np.random.Generator
                     round(min(s, max(ys)) - y0, 2),
                 ]
                 ann_id = len(data["annotations"]) + 1
+                role_id = next(i for i, r in enumerate(every_role) if r[0] == role) + 1
                 attrs = {
                     "role": role,
-                    "role_id": ROLES.index(next(r for r in ROLES if r[0] == role)) + 1,
+                    "role_id": role_id,
                     "num_engines": engines,
                     "propulsion": prop,
                     "wing_type": wing,
@@ -383,7 +437,7 @@ def synth_rareplanes(out: Path, images: int, size: int, rng: np.random.Generator
                     "num_tail_fins": 1,
                     "length": round(length * 0.3, 2),
                     "wingspan": round(length * 0.3, 2),
-                    "faa_wingspan_class": 1 + ROLES.index(next(r for r in ROLES if r[0] == role)),
+                    "faa_wingspan_class": 1 + min(5, int(rel * 30)),
                     "loc_id": loc,
                     "cat_id": cat,
                 }
@@ -420,7 +474,9 @@ def _casting(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     return img.astype(np.float32)
 
 
-def synth_gdxray(out: Path, images: int, size: int, rng: np.random.Generator) -> None:
+def synth_gdxray(
+    out: Path, images: int, size: int, rng: np.random.Generator, object_scale: float = 1.0
+) -> None:
     h, w = size, round(size * 768 / 572)
     n_val = max(1, round(images * 0.3))
     n_excl = 1 if images >= 6 else 0
@@ -430,18 +486,20 @@ def synth_gdxray(out: Path, images: int, size: int, rng: np.random.Generator) ->
     n_train_series = max(1, math.ceil(n_train / 4))
     plan: list[int] = [val_series[k % len(val_series)] for k in range(n_val)]
     plan += [55] * n_excl + [train_series[k % n_train_series] for k in range(n_train)]
+    # position of each image within its split (val, excluded, train): every 3rd is defect-free
+    position = list(range(n_val)) + list(range(n_excl)) + list(range(n_train))
     root = out / "Castings"
     counters: dict[int, int] = {}
     rows: dict[int, list[str]] = {}
-    for series in plan:
+    for series, j in zip(plan, position, strict=True):
         idx = counters[series] = counters.get(series, 0) + 1
         folder = root / f"C{series:04d}"
         folder.mkdir(parents=True, exist_ok=True)
         img = _casting(rng, h, w)
-        n_def = int(rng.integers(0, 4)) if idx % 3 else 0
+        n_def = 0 if j % 3 == 2 else int(rng.integers(1, 4))
         lines = rows.setdefault(series, [])
         for _ in range(n_def):
-            r = rng.uniform(0.012, 0.03) * h
+            r = min(rng.uniform(0.012, 0.03) * object_scale, 0.2) * h
             cy, cx = rng.uniform(2 * r, h - 2 * r), rng.uniform(2 * r, w - 2 * r)
             m, d = new_mask(h, w)
             ellipse(d, cy, cx, r * rng.uniform(0.7, 1.0), r)
@@ -465,27 +523,27 @@ def synth_gdxray(out: Path, images: int, size: int, rng: np.random.Generator) ->
 COCO_CATEGORIES = ({"id": 3, "name": "scratch"}, {"id": 5, "name": "dent"}, {"id": 9, "name": "stain"})
 
 
-def _coco_object(rng: np.random.Generator, cat: int, s: int) -> list[tuple[float, float]]:
+def _coco_object(rng: np.random.Generator, cat: int, s: int, k: float = 1.0) -> list[tuple[float, float]]:
     cx, cy = rng.uniform(0.2 * s, 0.8 * s, 2)
     if cat == 3:  # scratch: long thin bar
-        a, L = rng.uniform(0, math.pi), rng.uniform(0.2, 0.4) * s
-        return rotated(
-            [(-L / 2, -0.02 * s), (L / 2, -0.02 * s), (L / 2, 0.02 * s), (-L / 2, 0.02 * s)], a, cx, cy
-        )
+        a, L, t = rng.uniform(0, math.pi), min(rng.uniform(0.2, 0.4) * k, 0.6) * s, min(0.02 * k, 0.1) * s
+        return rotated([(-L / 2, -t), (L / 2, -t), (L / 2, t), (-L / 2, t)], a, cx, cy)
     if cat == 5:  # dent: round (16-gon)
-        r = rng.uniform(0.06, 0.12) * s
+        r = min(rng.uniform(0.06, 0.12) * k, 0.2) * s
         return [
             (cx + r * math.cos(t), cy + r * math.sin(t))
             for t in np.linspace(0, 2 * math.pi, 16, endpoint=False)
         ]
-    r = rng.uniform(0.08, 0.15) * s  # stain: irregular blob
+    r = min(rng.uniform(0.08, 0.15) * k, 0.2) * s  # stain: irregular blob
     return [
         (cx + r * rng.uniform(0.6, 1.2) * math.cos(t), cy + r * rng.uniform(0.6, 1.2) * math.sin(t))
         for t in np.linspace(0, 2 * math.pi, 9, endpoint=False)
     ]
 
 
-def synth_coco(out: Path, images: int, size: int, rng: np.random.Generator) -> None:
+def synth_coco(
+    out: Path, images: int, size: int, rng: np.random.Generator, object_scale: float = 1.0
+) -> None:
     s = size
     n_val = max(1, round(images * 0.25))
     colours = {3: (235, 235, 235), 5: (40, 40, 45), 9: (150, 95, 40)}
@@ -497,9 +555,9 @@ def synth_coco(out: Path, images: int, size: int, rng: np.random.Generator) -> N
             img = 128 + 20 * smooth_noise(rng, s, s, (s / 5, s / 5))[..., None] + rng.normal(0, 6, (s, s, 3))
             file = f"{split}_{k:05d}.jpg"
             data["images"].append({"id": 100 + k, "file_name": file, "width": s, "height": s})
-            for _ in range(int(rng.integers(1, 4))):
+            for _ in range(0 if k % 4 == 3 else int(rng.integers(1, 4))):  # every 4th: no object
                 cat = int(rng.choice([3, 5, 9]))
-                poly = _coco_object(rng, cat, s)
+                poly = _coco_object(rng, cat, s, object_scale)
                 m, d = new_mask(s, s)
                 d.polygon(poly, fill=255)
                 img[as_bool(m)] = np.array(colours[cat]) + rng.normal(0, 5, 3)
@@ -522,7 +580,9 @@ def synth_coco(out: Path, images: int, size: int, rng: np.random.Generator) -> N
 
 
 # --- generic mask folder --------------------------------------------------------------------
-def synth_mask_folder(out: Path, images: int, size: int, rng: np.random.Generator) -> None:
+def synth_mask_folder(
+    out: Path, images: int, size: int, rng: np.random.Generator, object_scale: float = 1.0
+) -> None:
     s = size
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(parents=True, exist_ok=True)
@@ -537,14 +597,15 @@ def synth_mask_folder(out: Path, images: int, size: int, rng: np.random.Generato
                 d.line(
                     [(cx - 0.25 * s, cy - 0.1 * s), (cx, cy + 0.05 * s), (cx + 0.25 * s, cy)],
                     fill=255,
-                    width=max(2, s // 40),
+                    width=max(2, int(s * min(object_scale, 6.0)) // 40),
                 )
                 colour: Any = (30, 30, 30)
             elif cls == 2:
-                ellipse(d, cy, cx, 0.05 * s, 0.05 * s)
+                r = min(0.05 * object_scale, 0.2) * s
+                ellipse(d, cy, cx, r, r)
                 colour = (240, 240, 240)
             else:
-                ellipse(d, cy, cx, 0.12 * s, 0.18 * s)
+                ellipse(d, cy, cx, min(0.12 * object_scale, 0.3) * s, min(0.18 * object_scale, 0.4) * s)
                 colour = (160, 110, 60)
             mask = as_bool(m)
             img[mask] = np.array(colour) + rng.normal(0, 5, 3)
@@ -565,18 +626,68 @@ SYNTHESIZERS: dict[str, Callable[..., None]] = {
 }
 
 
+#: Written at the top of every synthetic dataset; its presence allows clearing the folder.
+MARKER = ".raybench-synth.json"
+
+
+def _prepare_out(out: Path) -> None:
+    """Create ``out``, or clear it if a previous ``synthesize`` wrote it; refuse anything else.
+
+    Writing into a non-empty folder would leave stale images that the new annotations do not
+    describe (they would then be read as unannotated, or shift the split)."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"synthesize: {out} is a file, expected a folder")
+    if out.is_dir():
+        entries = sorted(p.name for p in out.iterdir())
+        if entries and MARKER not in entries:
+            shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
+            raise ValueError(
+                f"synthesize: {out} is not empty ({len(entries)} entries: {shown}) and was not written by "
+                "`raybench data synth` (no marker file); choose a new or empty folder, or delete it first"
+            )
+        for p in out.iterdir():  # written by synth before: clear, so no stale file survives
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def _object_scale(value: Any) -> float:
+    """``object_scale`` as a float in (0, MAX_OBJECT_SCALE], or a ValueError saying what is expected."""
+    try:
+        scale = float(value)
+    except (TypeError, ValueError):
+        scale = math.nan
+    if isinstance(value, bool) or not 0 < scale <= MAX_OBJECT_SCALE:
+        raise ValueError(
+            f"synthesize: object_scale must be a number in (0, {MAX_OBJECT_SCALE:g}] "
+            f"(1 = the real datasets' relative object sizes), got {value!r}"
+        )
+    return scale
+
+
 def synthesize(
     name: str,
     out_dir: str | Path,
     images: int = 8,
     size: int | None = None,
     seed: int = 0,
+    object_scale: float = 1.0,
     **options: Any,
 ) -> Path:
     """Write a synthetic ``name`` dataset with ``images`` images under ``out_dir``; returns it.
 
+    ``object_scale`` multiplies the linear size of every defect / object (1 = the real
+    datasets' relative sizes, clamped so an object still fits its image). At toy image sizes
+    the real relative sizes give objects of 1-3 pixels that a randomly initialised backbone
+    cannot learn in a few iterations; the smoke study sets a larger scale, the throughput
+    benchmark keeps 1. Same ``object_scale`` = same output; 1 reproduces earlier datasets.
+
     Options: ``severstal``: ``csv_format="current"|"old"``. The result is readable by
-    ``build_dataset(name, out_dir, split)`` for both splits.
+    ``build_dataset(name, out_dir, split)`` for both splits (RarePlanes with
+    ``unmapped="skip"``: it holds military roles). ``out_dir`` must be new, empty, or
+    written by an earlier call (it is then cleared).
     """
     if name not in SYNTHESIZERS:
         raise ValueError(f"no synthesizer for {name!r}; known: {', '.join(sorted(SYNTHESIZERS))}")
@@ -588,7 +699,12 @@ def synthesize(
     size = DEFAULT_SIZE[name] if size is None else int(size)
     if size < 16:
         raise ValueError(f"synthesize: size must be >= 16 pixels, got {size}")
+    scale = _object_scale(object_scale)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    SYNTHESIZERS[name](out, int(images), size, np.random.default_rng(seed), **options)
+    _prepare_out(out)
+    record = {"name": name, "images": int(images), "size": size, "seed": seed, "options": options}
+    if scale != 1.0:  # (absent = 1: markers of earlier datasets stay valid)
+        record["object_scale"] = scale
+    (out / MARKER).write_text(json.dumps(record, sort_keys=True) + "\n")
+    SYNTHESIZERS[name](out, int(images), size, np.random.default_rng(seed), object_scale=scale, **options)
     return out

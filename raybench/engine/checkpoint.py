@@ -12,6 +12,7 @@ never unpickles arbitrary objects: NumPy's RNG state is stored as a tensor + num
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import re
@@ -23,21 +24,92 @@ from typing import Any
 import numpy as np
 import torch
 
+from raybench.errors import NoSpaceError
+
 CHECKPOINT_DIR = "checkpoints"
 STATE_FILE = "state.pt"
 FORMAT = 1
 _NAME = re.compile(r"^iter_(\d+)$")
+#: Free space below the state's size plus this after a failed write counts as a full disk.
+_SPACE_MARGIN = 64 * 2**20
 
 
 def checkpoint_name(iteration: int) -> str:
     return f"iter_{iteration:07d}"
 
 
+def state_nbytes(obj: Any) -> int:
+    """Bytes of the tensors in ``obj`` (nested dicts / lists): about what ``torch.save`` writes."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(state_nbytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(state_nbytes(v) for v in obj)
+    return 0
+
+
+def _mb(n: float) -> str:
+    return f"{n / 2**20:,.1f} MB"
+
+
+def _no_space(root: Path, final: Path, need: int, free: int) -> NoSpaceError:
+    kept = latest_checkpoint(root.parent)
+    return NoSpaceError(
+        f"no space left on {root} for checkpoint {final.name} (needs about {_mb(need)}, "
+        f"{_mb(free)} free); "
+        + (f"the last good checkpoint {kept.name} is kept; " if kept else "")
+        + "free some space or point --out / --storage at a larger disk, then resume"
+    )
+
+
+def _is_space_error(exc: BaseException) -> bool:
+    """ENOSPC / EDQUOT, as an OSError or inside torch's writer message (``inline_container.cc``)."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(exc)
+    return "No space left" in text or "Disk quota exceeded" in text
+
+
+def estimate_checkpoint_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
+    """About what one checkpoint of ``model`` + ``optimizer`` will take, before any exists:
+    the model's state plus the optimizer's per-parameter slots (Adam/AdamW: 2, SGD with
+    momentum: 1) over the parameters it trains."""
+    model_bytes = state_nbytes(model.state_dict())
+    trained = sum(p.numel() * p.element_size() for g in optimizer.param_groups for p in g["params"])
+    name = type(optimizer).__name__.lower()
+    slots = 2 if "adam" in name else 1 if any(g.get("momentum") for g in optimizer.param_groups) else 0
+    return model_bytes + slots * trained
+
+
+def check_checkpoint_space(out_dir: str | Path, need: int) -> None:
+    """Refuse (:class:`NoSpaceError`) to start a run whose first checkpoint would not fit
+    beside ``out_dir``: better now than after hours of training."""
+    where = Path(out_dir)
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    free = shutil.disk_usage(where).free
+    if free < need:
+        raise NoSpaceError(
+            f"no space left on {where} for checkpoints of this run (each needs about {_mb(need)}, "
+            f"{_mb(free)} free); free some space or point --out / --storage at a larger disk"
+        )
+
+
 def save_checkpoint(out_dir: str | Path, iteration: int, state: dict[str, Any], keep: int = 2) -> Path:
-    """Write ``state`` as checkpoint ``iteration`` atomically, keep ``keep``; returns the folder."""
+    """Write ``state`` as checkpoint ``iteration`` atomically, keep ``keep``; returns the folder.
+
+    A full disk raises :class:`NoSpaceError` naming the folder, before writing when the free
+    space is already short of the state's size, else when the write fails; either way the
+    partial write is removed and the previous checkpoints stay as they were.
+    """
     root = Path(out_dir) / CHECKPOINT_DIR
     root.mkdir(parents=True, exist_ok=True)
     final = root / checkpoint_name(iteration)
+    need = state_nbytes(state)
+    free = shutil.disk_usage(root).free
+    if free < need:
+        raise _no_space(root, final, need, free)
     tmp = root / f".tmp-{final.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
@@ -48,8 +120,16 @@ def save_checkpoint(out_dir: str | Path, iteration: int, state: dict[str, Any], 
         if final.exists():  # the same iteration written before (a re-run): replace it
             shutil.rmtree(final)
         os.rename(tmp, final)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, Exception) and not isinstance(exc, NoSpaceError):
+            # torch reports a full disk as "enforce fail at inline_container.cc ... file write
+            # failed", without the errno: judge by the free space once the partial file is gone.
+            free = shutil.disk_usage(root).free
+            if _is_space_error(exc) or (
+                isinstance(exc, (OSError, RuntimeError)) and free < need + _SPACE_MARGIN
+            ):
+                raise _no_space(root, final, need, free) from exc
         raise
     if keep > 0:
         for old in list_checkpoints(out_dir)[:-keep]:

@@ -10,11 +10,15 @@ from pathlib import Path
 
 def cmd_train(args: argparse.Namespace) -> int:
     from raybench.engine import train
+    from raybench.errors import OutputDirError
+    from raybench.probe import probe_folder
     from raybench.study import load_study
 
     study = load_study(args.study)
     trial = study.trial(args.trial)
     out = Path(args.out) if args.out else Path("runs") / study.name / trial.name
+    # Before data and model are built: a read-only --out would fail only at the first write.
+    probe_folder(out, OutputDirError, "output folder (--out)")
     final = train(trial, out, resume=args.resume)
     shown = {
         k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in final.items() if "AP-" not in k

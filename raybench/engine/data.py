@@ -202,7 +202,14 @@ def ensure_dataset(spec: DatasetSpec) -> Path:
     tmp = root.parent / f".{root.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         synth = spec.synthetic
-        synthesize(spec.format, tmp, images=synth.images, size=synth.size, seed=synth.seed)
+        synthesize(
+            spec.format,
+            tmp,
+            images=synth.images,
+            size=synth.size,
+            seed=synth.seed,
+            object_scale=synth.object_scale,
+        )
         os.rename(tmp, root)
     except OSError:
         if not root.exists():

@@ -38,6 +38,8 @@ from raybench.engine.checkpoint import (
     CHECKPOINT_DIR,
     FORMAT,
     capture_rng,
+    check_checkpoint_space,
+    estimate_checkpoint_bytes,
     latest_checkpoint,
     load_checkpoint,
     preserved_rng,
@@ -60,7 +62,15 @@ from raybench.engine.distributed import (
     gather_objects,
     is_distributed,
 )
-from raybench.engine.reporting import ConsoleReporter, JsonlReporter, MultiReporter, Reporter, should_stop
+from raybench.engine.reporting import (
+    ConsoleReporter,
+    JsonlReporter,
+    MultiReporter,
+    Reporter,
+    report_records,
+    should_stop,
+)
+from raybench.errors import ResumeMismatchError
 from raybench.recipes import build_optimizer, build_scheduler, clip_gradients, lr_factor
 from raybench.study.spec import TrialSpec
 from raybench.tasks import DatasetMeta, Task, build_task
@@ -137,6 +147,14 @@ def _format_eta(seconds: float) -> str:
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
+def training_amp_dtype(amp: bool, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of the *training* step: bf16 (fp16 + loss scaling where the GPU has
+    no bf16) on CUDA when the recipe asks for AMP; None (fp32) otherwise, and on CPU."""
+    if not amp or device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
 def evaluate(
     task: Task,
     model: nn.Module,
@@ -144,19 +162,30 @@ def evaluate(
     meta: DatasetMeta,
     *,
     device: torch.device,
-    amp_dtype: torch.dtype | None = None,
     gather: Any = gather_objects,
+    records: list[Any] | None = None,
 ) -> dict[str, float]:
-    """Predict every batch of ``loader`` (this worker's shard) and compute metrics over all workers."""
+    """Predict every batch of ``loader`` (this worker's shard) and compute metrics over all workers.
+
+    Always in full precision, whatever the recipe's ``amp`` (which is for training): Detectron2
+    and Mask2Former evaluate without autocast, and the reported metrics must not depend on a
+    throughput option. Autocast is switched off explicitly, so even a caller inside an
+    autocast region gets fp32 predictions.
+
+    ``records``: if given, the evaluator's per-image records (its optional ``records()``, all
+    workers) are appended to it, for bootstrap intervals."""
     evaluator = task.build_evaluator(meta, gather)
     was_training = model.training
     model.eval()
-    autocast = torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None)
-    with torch.no_grad(), autocast:
+    with torch.no_grad(), torch.autocast(device.type, enabled=False):
         for batch in loader:
             task.evaluate_step(model, task.to_device(batch, device), evaluator)
     model.train(was_training)
-    return evaluator.evaluate()
+    metrics = evaluator.evaluate()
+    if records is not None:
+        fn = getattr(evaluator, "records", None)
+        records.append(fn() if callable(fn) else None)
+    return metrics
 
 
 def train(
@@ -203,10 +232,11 @@ def train(
     checkpoint_path = Path(resume_from) if resume_from else (latest_checkpoint(out_dir) if resume else None)
     state = load_checkpoint(checkpoint_path) if checkpoint_path else None
     if state is not None and _comparable(state["trial"]) != _comparable(trial.to_json()):
-        raise ValueError(
+        raise ResumeMismatchError(
             f"checkpoint {checkpoint_path} was written by a different trial spec "
             f"({state.get('trial_name')!r}); refusing to resume {trial.name!r} from it "
-            "(use another --out folder, or resume=False)"
+            "(use another output folder: `raybench train --out`, `raybench run --experiment`; "
+            "or start over: drop --resume, resume=False in Python)"
         )
 
     # Model and optimizer: every worker builds the same initial weights from the same seed.
@@ -222,20 +252,21 @@ def train(
     compiled = task.compile_targets(model) if recipe.compile else []
     model = prepare_model(model, device, channels_last=recipe.channels_last, compile_modules=compiled)
     optimizer = build_optimizer(model, recipe.optimizer, backbone=task.backbone(model))
+    if main:  # a full disk found before training, not at the first checkpoint
+        check_checkpoint_space(out_dir, estimate_checkpoint_bytes(model, optimizer))
     scheduler = build_scheduler(optimizer, schedule)
     factor = lr_factor(schedule)
-    amp = recipe.amp and device.type == "cuda"
-    amp_dtype = None
+    amp_dtype = training_amp_dtype(recipe.amp, device)
+    amp = amp_dtype is not None
     scaler = None
-    if amp:
-        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        if amp_dtype == torch.float16:
-            scaler = torch.amp.GradScaler("cuda")
+    if amp_dtype == torch.float16:
+        scaler = torch.amp.GradScaler("cuda")
 
     meters = _Meters()
     start = 0
     last_train: dict[str, float] = {}
     last_val: dict[str, float] = {}
+    last_records: tuple[int, Any] | None = None  # (iteration, per-image records) of the last evaluation
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -396,10 +427,14 @@ def train(
             window_start, window_iters = time.perf_counter(), 0
         if do_eval:
             eval_start = time.perf_counter()
+            kept: list[Any] = []
             with preserved_rng():  # evaluation must not shift the training's random streams
-                last_val = evaluate(task, model, val_loader, meta, device=device, amp_dtype=amp_dtype)
+                last_val = evaluate(task, model, val_loader, meta, device=device, records=kept)
+            last_records = (done, kept[0]) if kept and kept[0] is not None else last_records
             metrics.update(last_val)
             window_start += time.perf_counter() - eval_start  # throughput counts training only
+        if (final or stop) and last_records is not None:  # the final evaluation's, before its checkpoint
+            report_records(sink, trial.name, *last_records)
         saved: Path | None = None
         if do_ckpt:
             rng_states = gather_objects(capture_rng())

@@ -3,7 +3,10 @@
 The engine calls ``report(metrics, checkpoint)`` on every worker at the same iterations
 (Ray Train expects all ranks to report); ``checkpoint`` is the folder just written, given
 to rank 0 only. A reporter may also answer ``should_stop()`` (e.g. a scheduler pruning the
-trial): the engine then checkpoints and returns early. Ray's reporter lives in
+trial): the engine then checkpoints and returns early, and may take
+``report_records(trial, iteration, records)``: the per-image records of the trial's final
+evaluation (:mod:`raybench.evaluation.records`, for bootstrap intervals), given on every
+worker (each holds all workers' records) once, when the trial ends. Ray's reporter lives in
 ``raybench.sweep``; this module has the ones that need nothing but the file system.
 """
 
@@ -27,6 +30,13 @@ def should_stop(reporter: Reporter | None) -> bool:
     """The reporter's optional ``should_stop()`` (False when it has none)."""
     fn = getattr(reporter, "should_stop", None)
     return bool(fn()) if callable(fn) else False
+
+
+def report_records(reporter: Reporter | None, trial: str, iteration: int, records: Any) -> None:
+    """Hand ``records`` to the reporter's optional ``report_records`` (nothing if it has none)."""
+    fn = getattr(reporter, "report_records", None)
+    if callable(fn) and records is not None:
+        fn(trial, iteration, records)
 
 
 def _jsonable(value: Any) -> Any:
@@ -57,6 +67,13 @@ class JsonlReporter:
             record["checkpoint"] = str(checkpoint)
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
+
+    def report_records(self, trial: str, iteration: int, records: Any) -> None:
+        """The final evaluation's per-image records, next to the metrics:
+        ``records/eval-<iter>.parquet`` (the results store's layout)."""
+        from raybench.results.store import write_eval_records
+
+        write_eval_records(self.path.parent, trial, iteration, records)
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
@@ -92,6 +109,10 @@ class MultiReporter:
     def report(self, metrics: dict[str, float], checkpoint: Path | None = None) -> None:
         for r in self.reporters:
             r.report(metrics, checkpoint)
+
+    def report_records(self, trial: str, iteration: int, records: Any) -> None:
+        for r in self.reporters:
+            report_records(r, trial, iteration, records)
 
     def should_stop(self) -> bool:
         return any(should_stop(r) for r in self.reporters)

@@ -27,6 +27,8 @@ from pycocotools import mask as mask_util
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from raybench.evaluation.records import DetectionRecords, EvalRecords, coco_records
+
 Gather = Callable[[Any], list[Any]]
 
 #: iou type -> metric prefix ("bbox" -> val/box_AP, "segm" -> val/mask_AP).
@@ -111,6 +113,7 @@ class CocoEvaluator:
         self._images: dict[int, dict[str, Any]] = {}
         self._gts: list[dict[str, Any]] = []
         self._dts: list[dict[str, Any]] = []
+        self._records: list[DetectionRecords] = []
 
     @property
     def state(self) -> dict[str, Any]:
@@ -184,10 +187,16 @@ class CocoEvaluator:
         """Gather every worker's share and compute AP; every worker gets the same dict."""
         images, gts, dts = self._merged()
         categories = self._categories(gts, dts)
+        self._records = []
         out: dict[str, float] = {}
         for iou_type in self.iou_types:
             out.update(self._evaluate_one(iou_type, images, gts, dts, categories))
         return out
+
+    def records(self) -> EvalRecords | None:
+        """Per-image matches of the last :meth:`evaluate` (all workers; one part per iou type),
+        from which :mod:`raybench.evaluation.records` recomputes AP on any resample of images."""
+        return EvalRecords(list(self._records)) if self._records else None
 
     def _evaluate_one(
         self,
@@ -201,9 +210,18 @@ class CocoEvaluator:
         names = {c["id"]: c["name"] for c in categories}
         gt_classes = sorted({g["category_id"] for g in gts})
         per_class = [f"{kind}AP-{names[c]}" for c in sorted(names)]
+        cat_ids = sorted(names)
+
+        def record(ev: COCOeval | None) -> None:  # without COCOeval: ground-truth counts only
+            names_ = [names[c] for c in cat_ids]
+            image_ids = [im["id"] for im in images]
+            self._records.append(coco_records(iou_type, kind, ev, image_ids, cat_ids, names_, gts))
+
         if not gts:  # nothing to recall: AP undefined
+            record(None)
             return {f"{kind}{n}": math.nan for n, _ in STAT_NAMES} | dict.fromkeys(per_class, math.nan)
         if not dts:  # recall 0 everywhere: pycocotools' value is 0 (where GT exists)
+            record(None)
             result = {f"{kind}{n}": 0.0 for n, _ in STAT_NAMES}
             result.update(self._area_nans(kind, gts))
             for c in sorted(names):
@@ -222,6 +240,7 @@ class CocoEvaluator:
             ev = COCOeval(coco_gt, coco_dt, iou_type)
             ev.params.imgIds = [im["id"] for im in images]
             ev.evaluate()
+            record(ev)
             ev.accumulate()
             ev.summarize()
         result = {f"{kind}{n}": _pct(ev.stats[i]) for n, i in STAT_NAMES}

@@ -49,6 +49,9 @@ class SemSegEvaluator:
         background_index: the background class (excluded by ``mIoU_nobg``, used by ``FB_IoU``);
             None if the label set has no background (then ``mIoU_nobg`` equals ``mIoU``, no ``FB_IoU``).
         device: where the confusion matrix lives (put it on the GPU when predictions are there).
+        per_image: also keep every image's intersection, ground-truth and predicted pixel
+            counts per class (:meth:`image_stats`), from which the metrics can be recomputed
+            on any resample of the images (bootstrap intervals, :mod:`raybench.evaluation.records`).
     """
 
     def __init__(
@@ -58,6 +61,7 @@ class SemSegEvaluator:
         class_names: Sequence[str] | None = None,
         background_index: int | None = 0,
         device: torch.device | str = "cpu",
+        per_image: bool = False,
     ):
         if num_classes < 1:
             raise ValueError("num_classes must be >= 1")
@@ -72,10 +76,24 @@ class SemSegEvaluator:
         )
         self.background_index = background_index
         self.confusion = torch.zeros(num_classes + 1, num_classes + 1, dtype=torch.int64, device=device)
+        self.per_image = per_image
+        self._image_stats: list[Tensor] = []
 
     def reset(self) -> None:
         """Forget everything accumulated so far."""
         self.confusion.zero_()
+        self._image_stats = []
+
+    def image_stats(self) -> Tensor:
+        """``[images, 3, K]`` int64 on the CPU, in processing order: per image and class the
+        intersection (true-positive pixels), ground-truth pixels and predicted pixels, ignored
+        ground truth left out (needs ``per_image=True``)."""
+        if not self.per_image:
+            raise RuntimeError("per-image statistics need SemSegEvaluator(per_image=True)")
+        k = self.num_classes
+        if not self._image_stats:
+            return torch.zeros(0, 3, k, dtype=torch.int64)
+        return torch.stack(self._image_stats).cpu()
 
     def process(self, pred: Tensor, gt: Tensor) -> None:
         """Add one image: ``pred`` and ``gt`` integer maps of the same shape (tensors or arrays).
@@ -95,12 +113,17 @@ class SemSegEvaluator:
             raise ValueError(f"ground-truth ids must lie in 0..{k - 1} or be {self.ignore_index}")
         counts = torch.bincount((k + 1) * pred + gt, minlength=(k + 1) ** 2)
         self.confusion += counts.view(k + 1, k + 1)
+        if self.per_image:  # kept on the device: one copy to the host at the end, not per image
+            conf = counts.view(k + 1, k + 1)[:k, :k]
+            self._image_stats.append(torch.stack([conf.diagonal(), conf.sum(0), conf.sum(1)]))
 
     def merge(self, other: SemSegEvaluator) -> None:
         """Add another evaluator's counts (e.g. a shard evaluated by another worker)."""
         if other.confusion.shape != self.confusion.shape:
             raise ValueError("cannot merge evaluators with different numbers of classes")
         self.confusion += other.confusion.to(self.confusion.device)
+        if self.per_image and other.per_image:
+            self._image_stats += [s.to(self.confusion.device) for s in other._image_stats]
 
     def sync(self, all_reduce_fn: Callable[[Tensor], Tensor | None] | None = None) -> None:
         """Sum the confusion matrix over workers.

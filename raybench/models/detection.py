@@ -9,7 +9,10 @@ the Detectron2 R-CNN FPN layout — and the configuration from the study:
   ``GeneralizedRCNNTransform`` (inputs are float images in [0, 1]);
 - sizes: the transform resizes — training picks one of ``input.train_short_edge`` per
   image (long edge <= ``train_max_size``), evaluation uses ``test_short_edge`` /
-  ``test_max_size`` — and pads batches to ``size_divisibility``. The data pipeline of the
+  ``test_max_size`` — and pads batches to ``size_divisibility`` with 0.0 *after*
+  normalising (= the mean colour, as Detectron2's ``ImageList.from_tensors``). It resizes
+  the normalised float image bilinearly without antialiasing (Detectron2: PIL bilinear on
+  the uint8 image, antialiased when shrinking, then normalises). The data pipeline of the
   detection tasks therefore only flips: resizing there as well would resample twice.
   Predictions come back in the input image's pixel frame (torchvision's post-processing).
 - anchors: one size per level (``anchor_sizes``), every level with ``aspect_ratios``;

@@ -2,7 +2,8 @@
 
 :class:`SemanticSegmenter` is what the semantic task trains. It takes ``uint8``-range images
 ``[B, 3, H, W]`` (padded so H and W are multiples of 32), normalises them with the backbone's
-own mean/std, runs the backbone (4 maps at strides 4/8/16/32, frozen or not) and a head:
+own mean/std, sets the batch padding to 0.0 (as Mask2Former's ``ImageList`` padding after
+normalisation), runs the backbone (4 maps at strides 4/8/16/32, frozen or not) and a head:
 
 - ``model(images, sem_seg)`` -> dict of scalar loss terms (the loss is computed inside
   ``forward``, so DistributedDataParallel sees one call per step);
@@ -152,6 +153,23 @@ class SmpSemanticHead(SemanticHead):
         return self.logits(features, size)
 
 
+def normalize_padded(
+    backbone: Backbone, images: Tensor, sizes: Sequence[tuple[int, int]] | None = None
+) -> Tensor:
+    """Normalise with the backbone's mean/std, then set the batch padding (everything outside
+    image ``i``'s ``sizes[i]``) to 0.0 = the mean colour: Mask2Former normalises each image and
+    pads the batch with ``ImageList.from_tensors(.., size_divisibility)`` (pad value 0.0).
+    Without ``sizes`` the whole tensor is taken as image."""
+    x = backbone.normalize(images)
+    if sizes is not None:
+        if len(sizes) != x.shape[0]:
+            raise ValueError(f"sizes has {len(sizes)} entries for a batch of {x.shape[0]} images")
+        for i, (h, w) in enumerate(sizes):
+            x[i, :, h:, :] = 0.0
+            x[i, :, :h, w:] = 0.0
+    return x
+
+
 class SemanticSegmenter(nn.Module):
     """``backbone`` (a raybench :class:`Backbone`) + ``head`` (a :class:`SemanticHead`)."""
 
@@ -164,10 +182,16 @@ class SemanticSegmenter(nn.Module):
     def num_classes(self) -> int:
         return self.head.num_classes
 
-    def forward(self, images: Tensor, sem_seg: Tensor | None = None) -> dict[str, Tensor] | Tensor:
+    def forward(
+        self,
+        images: Tensor,
+        sem_seg: Tensor | None = None,
+        sizes: Sequence[tuple[int, int]] | None = None,
+    ) -> dict[str, Tensor] | Tensor:
         """Loss terms when ``sem_seg`` (int64 ``[B, H, W]``, 255 = ignore) is given, else
-        per-class scores ``[B, C, H, W]`` at the input size. ``images``: uint8-range ``[B, 3, H, W]``."""
-        features = self.backbone(self.backbone.normalize(images))
+        per-class scores ``[B, C, H, W]`` at the input size. ``images``: uint8-range ``[B, 3, H, W]``;
+        ``sizes``: each image's (h, w) before batch padding (see :func:`normalize_padded`)."""
+        features = self.backbone(normalize_padded(self.backbone, images, sizes))
         if sem_seg is not None:
             return self.head.loss(features, sem_seg)
         return self.head.scores(features, (int(images.shape[-2]), int(images.shape[-1])))
@@ -270,4 +294,5 @@ __all__ = [
     "build_segmenter",
     "fpn_segmentation_channels",
     "mask2former_config",
+    "normalize_padded",
 ]

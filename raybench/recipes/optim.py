@@ -8,9 +8,14 @@ Groups are decided per parameter:
 - *weight decay*: ``norm_weight_decay`` for parameters of normalisation layers,
   ``embed_weight_decay`` for embeddings (``nn.Embedding`` and the named query / level /
   position embeddings of transformer decoders), ``bias_weight_decay`` for other biases;
-  each falls back to ``weight_decay`` when unset (``None``).
+  each falls back to ``weight_decay`` when unset (``None``). ``one_d_weight_decay``, when set,
+  overrides these for every parameter with fewer than 2 dimensions and every bias (norms,
+  biases, ConvNeXt's layer-scale ``gamma``): the rule of ConvNeXt's own
+  ``LayerDecayOptimizerConstructor`` (``len(param.shape) == 1 or name.endswith(".bias")``).
 - parameters with ``requires_grad=False`` (the frozen regime's backbone) are left out of
-  the optimizer entirely, so no optimizer state is ever kept for them.
+  the optimizer entirely, so no optimizer state is ever kept for them; parameters the
+  backbone declares head (``head_parameter_names()``: ConvNeXt's output norms in the frozen
+  regime) are grouped as decoder parameters.
 
 Layer ids. timm's ``param_groups_layer_decay`` needs the model's ``group_matcher``, which
 ``features_only`` models (timm's ``FeatureListNet``) do not keep, and its ConvNeXt matcher
@@ -19,6 +24,8 @@ recipe follows the ConvNeXt paper's Mask R-CNN setting, whose rule groups ConvNe
 ``3 + depth_of_stage_3 // 3`` layers (6 for ConvNeXt-T: stem 0, stage 1 -> 1, stage 2 ->
 2, stage 3 blocks in threes -> 3..5, stage 4 -> 6, decoder -> 7). :func:`layer_ids`
 implements that rule over timm's parameter names, and the analogous stage rule for ResNet.
+The output norms (:class:`raybench.backbones.Backbone` ``out_norms``; ``backbone.norm{i}`` in
+the reference, which falls to its ``else`` branch, ``num_max_layer + 1``) get the decoder's id.
 """
 
 from __future__ import annotations
@@ -54,6 +61,7 @@ _CONVNEXT = re.compile(r"(?:^|\.)stages[._](\d+)\.(downsample|blocks)(?:\.(\d+))
 _STEM = re.compile(r"(?:^|\.)stem[._]")
 _RESNET_STAGE = re.compile(r"(?:^|\.)layer(\d+)\.")
 _RESNET_STEM = re.compile(r"(?:^|\.)(conv1|bn1|act1)\.")
+_OUT_NORM = re.compile(r"(?:^|\.)out_norms\.")
 
 
 def weight_decay_kind(module: nn.Module, param_name: str) -> str:
@@ -103,7 +111,7 @@ def _convnext_ids(names: list[str]) -> LayerIds:
     for n in names:
         m = _CONVNEXT.search(n)
         if m is None:
-            ids[n] = 0 if _STEM.search(n) else last
+            ids[n] = 0 if _STEM.search(n) else last + 1 if _OUT_NORM.search(n) else last
             continue
         stage, part, block = int(m.group(1)), m.group(2), m.group(3)
         if stage == 0:
@@ -137,7 +145,8 @@ def param_groups(
     in_backbone: dict[int, str] = {}
     lids: LayerIds | None = None
     if backbone is not None:
-        in_backbone = {id(p): n for n, p in backbone.named_parameters()}
+        head = set(getattr(backbone, "head_parameter_names", list)())
+        in_backbone = {id(p): n for n, p in backbone.named_parameters() if n not in head}
         if spec.layer_decay is not None and spec.layer_decay != 1.0:
             lids = layer_ids(backbone)
     decay_for = {
@@ -155,6 +164,8 @@ def param_groups(
             seen.add(id(p))
             kind = weight_decay_kind(module, pname)
             wd = decay_for[kind]
+            if spec.one_d_weight_decay is not None and (p.ndim <= 1 or pname == "bias"):
+                wd = spec.one_d_weight_decay
             wd = spec.weight_decay if wd is None else wd
             part, layer, scale = "decoder", -1, 1.0
             if id(p) in in_backbone:

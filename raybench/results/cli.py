@@ -13,15 +13,51 @@ def default_out(experiment: str) -> Path:
     return Path(experiment) / "report"
 
 
+def check_experiment(experiment: str) -> None:
+    """Refuse (:class:`~raybench.errors.UserInputError`) an experiment that is missing, not a
+    folder, or holds no raybench trial record (``status.json`` or a results Parquet part).
+
+    Why: the report of such a folder would be empty, and an exit status 0 with an empty
+    report looks like "no trial ran" rather than "wrong path".
+    """
+    import pyarrow.fs as pafs
+
+    from raybench.errors import UserInputError
+    from raybench.results.store import STATUS_FILE, resolve
+
+    if "://" not in experiment:
+        folder = Path(experiment)
+        if not folder.exists():
+            raise UserInputError(f"experiment folder not found: {folder}")
+        if not folder.is_dir():
+            raise UserInputError(f"experiment {folder} is not a folder")
+    try:
+        fs, path = resolve(experiment)
+        files = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
+    except OSError as exc:
+        raise UserInputError(f"experiment {experiment} cannot be listed: {exc}") from None
+    names = {f.base_name for f in files if f.type == pafs.FileType.File}
+    if STATUS_FILE not in names and not any(n.endswith(".parquet") for n in names):
+        raise UserInputError(
+            f"experiment {experiment} holds no raybench trial records (no trials/*/{STATUS_FILE}, "
+            "no results/*.parquet); give the folder `raybench run` wrote: <storage>/<experiment>, "
+            "e.g. runs/smoke"
+        )
+
+
 def cmd_report(args: argparse.Namespace) -> int:
+    from raybench.errors import OutputDirError
+    from raybench.probe import probe_folder
     from raybench.results.report import build_report
 
+    check_experiment(args.experiment)
     study = None
     if args.study:
         from raybench.study import load_study
 
         study = load_study(args.study, dry_run=True)  # the report needs no data
     out = Path(args.out) if args.out else default_out(args.experiment)
+    probe_folder(out, OutputDirError, "report folder" + (" (--out)" if args.out else ""))
     result = build_report(
         args.experiment,
         out,

@@ -7,7 +7,8 @@ file is optional: it only adds the trials that never started (shown as missing).
 
 Values are taken as the evaluators write them (percentages, 0-100, like Detectron2), and
 each cell uses the value at the trial's **final** evaluation, as the paper does (not the
-best one).
+best one). Where the trials stored per-image records of that evaluation, every cell and paired
+delta also gets a 95 % bootstrap interval (:mod:`raybench.results.bootstrap`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from raybench.results.store import dedupe, read_results, read_status
+from raybench.results.bootstrap import LEVEL, RESAMPLES, Bootstrap, Interval, bootstrap_report, warn_notes
+from raybench.results.store import dedupe, read_eval_records, read_results, read_status
 
 if TYPE_CHECKING:
     from raybench.study import Study
@@ -103,6 +105,7 @@ class Cell:
     paper: float | None = None
     paper_metric: str = ""
     best: bool = False
+    ci: Interval | None = None
 
     @property
     def delta(self) -> float | None:
@@ -111,13 +114,16 @@ class Cell:
         return self.mean - self.paper
 
     def text(self, bold: bool = True) -> str:
-        """The cell as shown: ``64.10 (paper 64.01, +0.09)`` or a state marker."""
+        """The cell as shown: ``64.10 [63.52, 64.71] (paper 64.01, +0.09)`` (the bootstrap
+        interval where records exist) or a state marker."""
         if self.mean is not None:
             num = f"{self.mean:.2f}"
             if self.best and bold:
                 num = f"**{num}**"
             if self.n_seeds > 1:
                 num += f" ± {self.std:.2f}"
+            if self.ci is not None:
+                num += f" {self.ci.text()}"
             notes = [f"n={self.n_seeds}"] if self.n_seeds > 1 else []
             if self.paper is not None:
                 notes.append(f"paper {self.paper:.2f}, {_signed(self.delta)}")
@@ -157,6 +163,7 @@ class ReportResult:
     counts: dict[str, int]
     study: str
     wandb_url: str | None = None
+    bootstrap: Bootstrap | None = None
 
 
 def _signed(x: float | None) -> str:
@@ -411,6 +418,8 @@ def cells_frame(cells: Sequence[Cell]) -> pd.DataFrame:
                 "seeds": ";".join(f"{s}:{v:.4f}" for s, v in sorted(c.seeds.items())),
                 "trials": ";".join(t.trial for t in c.trials),
                 "cell": c.text(bold=False),
+                **_ci_columns(c.ci),
+                "paper_in_ci": c.ci.contains(c.paper) if c.ci is not None else None,
             }
         )
     frame = pd.DataFrame.from_records(recs)
@@ -419,11 +428,30 @@ def cells_frame(cells: Sequence[Cell]) -> pd.DataFrame:
     return frame
 
 
-def paired_deltas(cells: Sequence[Cell], reference: str = "supervised") -> pd.DataFrame:
+def _ci_columns(ci: Interval | None) -> dict[str, Any]:
+    """The interval's CSV columns (empty where there is none)."""
+    return {
+        "ci_low": ci.low if ci else None,
+        "ci_high": ci.high if ci else None,
+        "ci_level": ci.level if ci else None,
+        "ci_method": ci.method if ci else None,
+        "ci_resamples": ci.resamples if ci else None,
+        "ci_images": ci.images if ci else None,
+    }
+
+
+def paired_deltas(
+    cells: Sequence[Cell],
+    reference: str = "supervised",
+    intervals: Mapping[tuple[str, str, str, str, str], Interval] | None = None,
+) -> pd.DataFrame:
     """Per-seed differences between two pretrainings on the same backbone, regime, dataset.
 
     ``other - reference`` for each seed both finished (e.g. dinov3 - supervised), then mean
-    and sample std over seeds; the paper's difference beside it.
+    and sample std over seeds; the paper's difference beside it. ``intervals`` (from
+    :func:`raybench.results.bootstrap.bootstrap_report`, keyed ``(arch, regime, dataset,
+    other, reference)``) add the paired bootstrap interval, whether it excludes zero and
+    whether the paper's delta lies inside it.
     """
     by_key: dict[tuple[str, str, str], dict[str, Cell]] = {}
     for c in cells:
@@ -442,6 +470,7 @@ def paired_deltas(cells: Sequence[Cell], reference: str = "supervised") -> pd.Da
                 continue
             diffs = [b.seeds[s] - a.seeds[s] for s in common]
             paper = b.paper - a.paper if a.paper is not None and b.paper is not None else None
+            ci = (intervals or {}).get((arch, regime, d, pre, ref))
             recs.append(
                 {
                     "backbone": arch,
@@ -454,6 +483,9 @@ def paired_deltas(cells: Sequence[Cell], reference: str = "supervised") -> pd.Da
                     "std": pd.Series(diffs).std(ddof=1) if len(diffs) > 1 else None,
                     "per_seed": ";".join(f"{s}:{v:+.4f}" for s, v in zip(common, diffs)),
                     "paper_delta": paper,
+                    **_ci_columns(ci),
+                    "excludes_zero": ci.excludes_zero() if ci is not None else None,
+                    "paper_in_ci": ci.contains(paper) if ci is not None else None,
                 }
             )
     cols = [
@@ -467,6 +499,9 @@ def paired_deltas(cells: Sequence[Cell], reference: str = "supervised") -> pd.Da
         "std",
         "per_seed",
         "paper_delta",
+        *_ci_columns(None),
+        "excludes_zero",
+        "paper_in_ci",
     ]
     return pd.DataFrame.from_records(recs, columns=cols)
 
@@ -685,6 +720,7 @@ def _markdown(
     cost: pd.DataFrame,
     trials: Sequence[TrialInfo],
     counts: Mapping[str, int],
+    boot: Bootstrap | None = None,
 ) -> str:
     out = [f"# raybench report — study `{result_name}`", ""]
     out.append(f"Experiment: `{experiment}`  ")
@@ -700,6 +736,8 @@ def _markdown(
         f"the trial failed; `{MISSING}`: never started; `[+k state]`: seeds not finished yet."
     )
     out += ["", table2_markdown(rows, datasets, cells), ""]
+    if boot is not None:
+        out += [_bootstrap_note(boot, cells), ""]
     multi = [c for c in cells if c.n_seeds > 1]
     if multi:
         out += ["## Seeds", ""]
@@ -723,7 +761,19 @@ def _markdown(
         out += ["## Paired deltas (same backbone, regime, dataset and seed)", ""]
         out.append(
             _md_table(
-                ["Backbone", "Regime", "Dataset", "Δ", "n", "mean ± std", "per seed", "paper Δ"],
+                [
+                    "Backbone",
+                    "Regime",
+                    "Dataset",
+                    "Δ",
+                    "n",
+                    "mean ± std",
+                    "per seed",
+                    "paper Δ",
+                    f"{_pct(boot)} CI",
+                    "CI excludes 0",
+                    "paper Δ in CI",
+                ],
                 [
                     [
                         ARCH_NAMES.get(r["backbone"], r["backbone"]),
@@ -737,6 +787,9 @@ def _markdown(
                             for s, v in (p.split(":") for p in r["per_seed"].split(";") if p)
                         ),
                         _signed(r["paper_delta"]) if _finite(r["paper_delta"]) else "—",
+                        f"[{r['ci_low']:+.2f}, {r['ci_high']:+.2f}]" if _finite(r["ci_low"]) else "—",
+                        _yes_no(r["excludes_zero"]),
+                        _yes_no(r["paper_in_ci"]),
                     ]
                     for r in paired.to_dict("records")
                 ],
@@ -796,6 +849,44 @@ def _markdown(
     return "\n".join(out)
 
 
+def _pct(boot: Bootstrap | None) -> str:
+    return f"{(boot.level if boot else LEVEL) * 100:g} %"
+
+
+def _yes_no(x: Any) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "—"
+    return "yes" if bool(x) else "no"
+
+
+def _bootstrap_note(boot: Bootstrap, cells: Sequence[Cell]) -> str:
+    """The paragraph under Table 2 saying how its intervals were made and which cells lack one."""
+    done = [c for c in cells if c.mean is not None]
+    have = [c for c in done if c.ci is not None]
+    if boot.resamples < 1:
+        return "No bootstrap intervals (turned off: 0 resamples)."
+    if done and not have and not boot.notes:
+        return (
+            "No bootstrap intervals: no trial stored per-image records of its final evaluation "
+            "(docs/report.md, *Bootstrap intervals*)."
+        )
+    text = (
+        f"`[low, high]`: {_pct(boot)} percentile bootstrap interval of the cell, {boot.resamples} "
+        f"resamples (seed {boot.seed}) of the validation images — and of the seeds, where a cell "
+        f"has several — recomputed from each trial's per-image records of its final evaluation "
+        f"(docs/report.md). {len(have)} of {len(done)} cells with a value have one"
+    )
+    missing = [c for c in done if c.ci is None]
+    if missing:
+        names = ", ".join(f"{dataset_label(c.dataset)} {' / '.join(row_label(c.row))}" for c in missing[:6])
+        more = f" and {len(missing) - 6} more" if len(missing) > 6 else ""
+        text += f"; none (no records of the final evaluation) for {names}{more}"
+    text += "."
+    if boot.notes:
+        text += " Records not used: " + "; ".join(boot.notes) + "."
+    return text
+
+
 # ---------------------------------------------------------------------------------------
 # entry point
 
@@ -809,6 +900,8 @@ def build_report(
     wandb: bool | None = None,
     wandb_project: str | None = None,
     wandb_entity: str | None = None,
+    bootstrap_resamples: int = RESAMPLES,
+    bootstrap_seed: int = 0,
 ) -> ReportResult:
     """Write report.md, table2.csv, paired_deltas.csv, cost.csv and curves_<dataset>.png.
 
@@ -817,6 +910,7 @@ def build_report(
     metric; without it the store's ``status.json`` says the metric. ``wandb``: also
     publish a W&B Report (saved only with ``WANDB_API_KEY``, else a one-line skip
     message); False = do not try. The local report is always written first.
+    ``bootstrap_resamples`` / ``bootstrap_seed``: the intervals' resamples (0 = none) and seed.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -827,8 +921,14 @@ def build_report(
     datasets_known = {t.dataset for t in trials} | ({d.id for d in study.datasets} if study else set())
     paper = load_paper(paper_csv, datasets_known)
     rows, datasets, cells = build_cells(trials, paper, study)
+    boot = bootstrap_report(
+        cells, read_eval_records(experiment), resamples=bootstrap_resamples, seed=bootstrap_seed
+    )
+    warn_notes(boot)
+    for c in cells:
+        c.ci = boot.cells.get((c.row, c.dataset))
     table2 = cells_frame(cells)
-    paired = paired_deltas(cells)
+    paired = paired_deltas(cells, intervals=boot.pairs)
     cost = cost_table(raw, trials, study)
     if len(cost):  # the table's order: dataset column, then row, then seed
         rank = {(r, d): i for i, (r, d) in enumerate((r, d) for d in datasets for r in rows)}
@@ -855,7 +955,7 @@ def build_report(
     cost.to_csv(cost_csv, index=False)
     paired.to_csv(out_dir / "paired_deltas.csv", index=False)
     md = out_dir / "report.md"
-    text = _markdown(name, str(experiment), rows, datasets, cells, paired, curves, cost, trials, counts)
+    text = _markdown(name, str(experiment), rows, datasets, cells, paired, curves, cost, trials, counts, boot)
     md.write_text(text)
     result = ReportResult(
         out_dir=out_dir,
@@ -870,6 +970,7 @@ def build_report(
         cells=cells,
         counts=counts,
         study=name,
+        bootstrap=boot,
     )
     if wandb is not False:
         from raybench.results.wandb_report import publish_wandb_report

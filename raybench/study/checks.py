@@ -15,9 +15,13 @@ check is skipped (the run would fail at that import anyway, with its own message
 from __future__ import annotations
 
 import functools
+import os
 import re
+import tempfile
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from raybench.study.schema import Collector, convert, did_you_mean, join
@@ -191,3 +195,193 @@ def check_metric(dataset: DatasetSpec, path: str, out: Collector) -> None:
             f"unknown metric {dataset.metric!r} for task {dataset.task!r}"
             f"{did_you_mean(dataset.metric, names)}; known: {', '.join(names)}",
         )
+
+
+# --- what a trial checks when it starts, checked once by the study ------------------------
+def _root_problem(root: Path, synthetic: bool) -> str | None:
+    """Why ``root`` cannot serve as a dataset root before any index is built (None if it may)."""
+    if root.exists():
+        if not root.is_dir():
+            return f"dataset root is not a folder: {root}"
+        if not any(root.iterdir()):
+            hint = " (remove it to have the synthetic data written there)" if synthetic else ""
+            return f"dataset root is an empty folder: {root}{hint}"
+        return None
+    if not synthetic:
+        return None  # reported as "not found" by the loader
+    parent = root.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"cannot write the synthetic dataset to {root}: {parent} is not a folder"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"cannot write the synthetic dataset to {root}: {parent} is not writable"
+    return None
+
+
+def _index_splits(dataset: DatasetSpec, root: Path, path: str, out: Collector, shown_root: str) -> None:
+    """Build both splits' indices (file lists, annotations: no pixels) as a trial would."""
+    from raybench.data import DatasetFormatError, DatasetOptionError, build_dataset
+
+    for split in ("train", "val"):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # a trial warns again; only refusals matter here
+                build_dataset(dataset.format, root, split, **dataset.options)
+        except DatasetOptionError as exc:
+            out.add(join(join(path, "options"), exc.option), exc.detail.replace(str(root), shown_root))
+            return
+        except Exception as exc:  # noqa: BLE001 - any refusal of the loader is the user's to see
+            text = str(exc).replace(str(root), shown_root)
+            if not isinstance(exc, DatasetFormatError):
+                text = f"{type(exc).__name__}: {text}"
+            out.add(join(path, "root"), f"the {split} split cannot be read: {text}")
+            return
+
+
+def check_dataset_start(dataset: DatasetSpec, path: str, out: Collector, *, dry_run: bool) -> None:
+    """What a trial would refuse at start about its dataset, asked of the loader itself.
+
+    - option values: the format's ``validate_options`` (a ``DatasetOptionError`` names the
+      option: ``datasets[i].options.<option>``), dry run or not;
+    - real runs: the root must be a non-empty folder, and both splits must index (an empty
+      split, e.g. ``val_series`` naming no series, is refused there). A ``synthetic:``
+      dataset whose root does not exist yet is written to a temporary folder and indexed
+      there (a few KB, milliseconds), so its options meet the data the trial will get.
+    """
+    cls = _dataset_class(dataset.format)
+    if cls is None or not isinstance(dataset.options, Mapping):
+        return
+    options_path = join(path, "options")
+    validate = getattr(cls, "validate_options", None)
+    if validate is not None:
+        try:
+            validate(dict(dataset.options))
+        except Exception as exc:  # noqa: BLE001 - DatasetOptionError, or a plain ValueError
+            option = getattr(exc, "option", None)
+            if option is not None:
+                out.add(join(options_path, str(option)), str(getattr(exc, "detail", exc)))
+            else:
+                out.add(options_path, str(exc))
+            return
+    if dry_run or "://" in dataset.root:
+        return
+    root = Path(dataset.root)
+    why = _root_problem(root, dataset.synthetic is not None)
+    if why:
+        out.add(join(path, "root"), why)
+        return
+    if root.exists():
+        _index_splits(dataset, root, path, out, str(root))
+        return
+    if dataset.synthetic is None:
+        return
+    from raybench.data.synth import synthesize
+
+    synth = dataset.synthetic
+    with tempfile.TemporaryDirectory(prefix="raybench-check-") as tmp:
+        where = Path(tmp) / root.name
+        try:
+            synthesize(
+                dataset.format,
+                where,
+                images=synth.images,
+                size=synth.size,
+                seed=synth.seed,
+                object_scale=synth.object_scale,
+            )
+        except Exception as exc:  # noqa: BLE001
+            out.add(join(path, "synthetic"), f"cannot write synthetic {dataset.format!r} data: {exc}")
+            return
+        _index_splits(dataset, where, path, out, f"{root} (synthetic)")
+
+
+def _feature_levels(model_name: str) -> str:
+    """``"levels 0..3 at strides 4, 8, 16, 32"`` of a timm architecture (best effort)."""
+    import timm
+    import torch
+
+    try:
+        with torch.device("meta"):
+            info = timm.create_model(model_name, pretrained=False).feature_info
+        strides = [int(i["reduction"]) for i in info]
+    except Exception:  # noqa: BLE001 - only a hint
+        return ""
+    return f"; {model_name} has feature levels 0..{len(strides) - 1} at strides {strides}"
+
+
+@functools.cache
+def _build(spec: BackboneSpec) -> tuple[Any, str | None]:
+    """Build the backbone as a trial would (random init, on the meta device: no memory, no
+    weights read): ``(backbone, None)``, or ``(None, the error text)``."""
+    import torch
+
+    from raybench.backbones import build_backbone
+
+    try:
+        with torch.device("meta"):
+            return build_backbone(spec), None
+    except Exception as exc:  # noqa: BLE001 - whatever the trial would die of
+        hint = _feature_levels(spec.model_name) if spec.out_indices else ""
+        return None, f"{type(exc).__name__}: {exc}{hint}"
+
+
+def _probe_spec(backbone: BackboneSpec) -> BackboneSpec:
+    """The entry as built for checks: no weights (their file is checked on its own)."""
+    return replace(backbone, id="-", pretrained=False, weights=None, pretraining_data="")
+
+
+def _built(backbone: BackboneSpec) -> tuple[Any, str | None]:
+    probe = _probe_spec(backbone)
+    try:
+        hash(probe)
+    except TypeError:
+        return _build.__wrapped__(probe)
+    return _build(probe)
+
+
+def check_layer_decay(backbone: BackboneSpec, path: str, out: Collector) -> None:
+    """``optimizer.layer_decay`` needs a layer-id rule for the backbone's parameters (the
+    optimizer refuses at trial start otherwise)."""
+    try:
+        from raybench.recipes.optim import layer_ids
+    except ImportError:
+        return
+    module, problem = _built(backbone)
+    if module is None:
+        return  # reported at the backbone
+    try:
+        layer_ids(module)
+    except ValueError as exc:
+        out.add(path, f"{exc} (backbone {backbone.id!r})")
+
+
+def check_backbone_start(backbone: BackboneSpec, path: str, out: Collector, *, dry_run: bool) -> None:
+    """The backbone builds as a trial would build it (``out_indices``, strides, architecture
+    options), and in a real run its ``weights`` file is one the backbone can load."""
+    try:
+        import torch  # noqa: F401
+
+        from raybench import backbones
+    except ImportError:
+        return
+    cheap = getattr(backbones, "backbone_problems", None)  # entry checks needing no model
+    found = cheap(backbone) if cheap is not None else []
+    for key, message in found:
+        out.add(join(path, key), message)
+    if found:
+        return
+    _, problem = _built(backbone)
+    if problem:
+        key = "out_indices" if backbone.out_indices is not None else "timm_name"
+        out.add(join(path, key), f"the backbone cannot be built: {problem}")
+        return
+    check_weights = getattr(backbones, "check_weights", None)
+    if dry_run or not backbone.weights or check_weights is None or "://" in backbone.weights:
+        return
+    if not Path(backbone.weights).is_file():
+        return  # reported by the loader
+    try:
+        check_weights(backbone)
+    except Exception as exc:  # noqa: BLE001 - BackboneWeightsError, or what loading raised
+        out.add(join(path, "weights"), str(exc))

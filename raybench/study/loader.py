@@ -12,7 +12,14 @@ from typing import Any
 
 import yaml
 
-from raybench.study.checks import check_backbone, check_dataset, check_metric
+from raybench.study.checks import (
+    check_backbone,
+    check_backbone_start,
+    check_dataset,
+    check_dataset_start,
+    check_layer_decay,
+    check_metric,
+)
 from raybench.study.schema import (
     Collector,
     Problem,
@@ -21,11 +28,13 @@ from raybench.study.schema import (
     deep_merge,
     did_you_mean,
     join,
+    name_problem,
     yaml_line_map,
 )
 from raybench.study.spec import (
     DECODERS,
     MODEL_OPTIONS,
+    NAME,
     REGIMES,
     BackboneSpec,
     DatasetSpec,
@@ -40,7 +49,7 @@ from raybench.study.spec import (
 class StudyFile:
     """The top level of a study file (recipes stay raw until merged per trial)."""
 
-    name: str
+    name: str = field(metadata=NAME)
     datasets: tuple[DatasetSpec, ...]
     backbones: tuple[BackboneSpec, ...]
     rows: tuple[RowSpec, ...]
@@ -66,10 +75,17 @@ class Study:
 
     def select(self, patterns: str | list[str] | None) -> list[TrialSpec]:
         """Trials whose name matches any glob pattern (comma-separated allowed)."""
-        if not patterns:
+        if patterns is None:
             return list(self.trials)
+        given = patterns
         if isinstance(patterns, str):
-            patterns = [p.strip() for p in patterns.split(",") if p.strip()]
+            patterns = patterns.split(",")
+        patterns = [p.strip() for p in patterns if p.strip()]
+        if not patterns:
+            raise StudyError(
+                [Problem("--only", f"{given!r} names no trial pattern; give glob patterns like 'gdxray-*'")],
+                self.source,
+            )
         chosen = [t for t in self.trials if any(fnmatch.fnmatchcase(t.name, p) for p in patterns)]
         if not chosen:
             names = [t.name for t in self.trials]
@@ -86,22 +102,61 @@ class Study:
         raise StudyError([Problem("trials", f"no trial named {name!r}{hint}")], self.source)
 
 
-_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+#: Seeds reach numpy's SeedSequence / default_rng (non-negative) and torch.manual_seed.
+MAX_SEED = 2**63 - 1
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(:-([^}]*))?\}")
+
+_BARE_ENV = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
+
+
+class UnsetVariableError(ValueError):
+    """A ``${VAR}`` in a path names a variable that is not set and gives no default."""
+
+    def __init__(self, variable: str, value: str) -> None:
+        super().__init__(
+            f"environment variable {variable} is not set (in {value!r}); set it, or give a "
+            f"default: ${{{variable}:-/path}}"
+        )
+        self.variable = variable
 
 
 def expand_path(value: str, base: Path) -> str:
     """``${VAR:-default}`` expansion, ``~``, and paths relative to the study file's folder.
 
-    URIs (``s3://``, ``gs://``, ``http(s)://``) are kept as they are.
+    URIs (``s3://``, ``gs://``, ``http(s)://``) are kept as they are. An unset ``${VAR}``
+    without a default raises :class:`UnsetVariableError`: expanding it to "" would turn
+    ``${DATA}/gdxray`` into ``/gdxray`` (and a synthetic dataset would be written there).
     """
 
-    def sub(m: re.Match[str]) -> str:
-        return os.environ.get(m.group(1), m.group(2) or "")
+    bare = _BARE_ENV.search(value)
+    if bare:
+        raise ValueError(
+            f"${bare.group(1)} in {value!r} is not expanded (only ${{VAR}} is); write ${{{bare.group(1)}}}"
+        )
 
-    value = os.path.expanduser(_ENV.sub(sub, value))
-    if "://" in value or os.path.isabs(value):
-        return value
-    return str((base / value).resolve())
+    def sub(m: re.Match[str]) -> str:
+        if m.group(1) in os.environ:
+            return os.environ[m.group(1)]
+        if m.group(2) is None:
+            raise UnsetVariableError(m.group(1), value)
+        return m.group(3)
+
+    expanded = os.path.expanduser(_ENV.sub(sub, value))
+    if not expanded.strip():
+        raise ValueError(f"path {value!r} is empty once expanded")
+    if "://" in expanded or os.path.isabs(expanded):
+        return expanded
+    return str((base / expanded).resolve())
+
+
+def _expand_at(value: str, base: Path, path: str, out: Collector) -> str | None:
+    """:func:`expand_path`, a problem at ``path`` (None) when it cannot be expanded."""
+    try:
+        return expand_path(value, base)
+    except ValueError as exc:
+        out.add(path, str(exc))
+        return None
 
 
 def known_formats() -> list[str] | None:
@@ -121,6 +176,11 @@ def _check_unique(items: list[tuple[int, str]], path: str, what: str, out: Colle
         if item in seen:
             out.add(join(path, i), f"duplicate {what} {item!r}")
         seen.add(item)
+
+
+def _has_problem(out: Collector, path: str) -> bool:
+    """Was a problem found at ``path`` or below it (then checks that build on it are skipped)?"""
+    return any(p.path == path or p.path.startswith((f"{path}.", f"{path}[")) for p in out.problems)
 
 
 def _merged_recipe(raw_recipes: Mapping[str, Any], dataset: DatasetSpec, arch: str) -> dict[str, Any]:
@@ -147,18 +207,23 @@ def parse_study(
 
     # Paths: expand env vars and make them absolute relative to the study file.
     # Entries that failed to build are None (already reported); keep indices for paths.
-    datasets_at = [
-        (i, replace(d, root=expand_path(d.root, base)))
-        for i, d in enumerate(top.datasets or ())
-        if d is not None
-    ]
+    # A path that cannot be expanded (unset variable) drops its entry (reported).
+    datasets_at = []
+    for i, d in enumerate(top.datasets or ()):
+        root = _expand_at(d.root, base, join(join("datasets", i), "root"), out) if d else None
+        if root is not None:
+            datasets_at.append((i, replace(d, root=root)))
     datasets = tuple(d for _, d in datasets_at)
     # (YAML index, backbone): a backbone that failed to parse is dropped, its index is kept.
-    backbones_at = [
-        (i, replace(b, weights=expand_path(b.weights, base) if b.weights else None))
-        for i, b in enumerate(top.backbones or ())
-        if b is not None
-    ]
+    backbones_at = []
+    for i, b in enumerate(top.backbones or ()):
+        if b is None:
+            continue
+        weights = (
+            _expand_at(b.weights, base, join(join("backbones", i), "weights"), out) if b.weights else None
+        )
+        if weights is not None or not b.weights:
+            backbones_at.append((i, replace(b, weights=weights)))
     backbones = tuple(b for _, b in backbones_at)
     rows_at = [(i, r) for i, r in enumerate(top.rows or ()) if r is not None]
     rows = tuple(r for _, r in rows_at)
@@ -173,6 +238,13 @@ def parse_study(
         "backbone arch+pretraining (trial names would collide):",
         out,
     )
+    for i, seed in enumerate(top.seeds):
+        if isinstance(seed, int) and not 0 <= seed <= MAX_SEED:
+            out.add(join("seeds", i), f"a seed must be an integer in [0, 2**63 - 1], got {seed}")
+    for name in top.recipes:
+        why = name_problem(name)
+        if why:
+            out.add(join("recipes", name), f"recipe name {why}")
     if not top.seeds:
         out.add("seeds", "needs at least one seed")
     if not rows:
@@ -190,7 +262,10 @@ def parse_study(
                 f"; known: {sorted(backbone_ids)}",
             )
     for i, b in backbones_at:
+        before = len(out.problems)
         check_backbone(b, join("backbones", i), out)
+        if len(out.problems) == before and not _has_problem(out, join("backbones", i)):
+            check_backbone_start(b, join("backbones", i), out, dry_run=dry_run)
         if b.weights and not dry_run and "://" not in b.weights and not Path(b.weights).is_file():
             out.add(join(join("backbones", i), "weights"), f"weights file not found: {b.weights}")
         if b.weights and not b.pretrained:
@@ -209,7 +284,8 @@ def parse_study(
             bad_recipes.add(name)
             continue
         build(RecipeSpec, raw, path, out)
-        for arch, partial in (raw.get("by_backbone") or {}).items():
+        by_backbone = raw.get("by_backbone") or {}
+        for arch, partial in by_backbone.items() if isinstance(by_backbone, Mapping) else ():
             if arch not in arches:
                 out.add(
                     join(join(path, "by_backbone"), arch),
@@ -263,6 +339,8 @@ def parse_study(
                 f"dataset root not found: {d.root} (see `raybench data fetch {d.format} DIR`; "
                 "use --dry-run to validate without data)",
             )
+        elif len(out.problems) == before and formats is not None and not _has_problem(out, path):
+            check_dataset_start(d, path, out, dry_run=dry_run)
 
     datasets = tuple(d for _, d in datasets_at)
 
@@ -285,6 +363,8 @@ def parse_study(
                 path = f"datasets[{d_i}] (recipe {d.recipe!r} for {b.arch})"
                 merged = _merged_recipe(top.recipes, d, b.arch)
                 recipe = build(RecipeSpec, merged, path, out)
+                if recipe is not None and recipe.optimizer.layer_decay not in (None, 1.0):
+                    check_layer_decay(b, join(path, "optimizer.layer_decay"), out)
                 if recipe is not None and d.decoder in MODEL_OPTIONS:
                     build(MODEL_OPTIONS[d.decoder], recipe.model, join(path, "model"), out)
                     if recipe.batch_size % top.scaling.workers:

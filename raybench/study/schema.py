@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -99,7 +100,34 @@ def _type_name(tp: Any) -> str:
     )
 
 
+#: Ids and names that become parts of trial names, folder names and URIs: letters, digits,
+#: ``_``, ``.`` and ``-``, starting with a letter or digit, and never ``..``.
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+SAFE_NAME_MAX = 100
+
+
+def name_problem(value: Any) -> str | None:
+    """Why ``value`` cannot be used as an id / name (None if it can).
+
+    Such names end up in trial names, folder names and storage URIs: a ``/``, a space or a
+    ``..`` would create folders elsewhere or names no shell quotes safely.
+    """
+    if not isinstance(value, str):
+        return f"expected a name (a string), got {value!r}"
+    if not SAFE_NAME.fullmatch(value) or ".." in value or len(value) > SAFE_NAME_MAX:
+        return (
+            f"{value!r} is not a safe name: use letters, digits, '_', '.' and '-', starting with a "
+            f"letter or digit, no '..', at most {SAFE_NAME_MAX} characters (it becomes part of "
+            "trial names and folder paths)"
+        )
+    return None
+
+
 def _check_range(value: Any, meta: Mapping[str, Any], path: str, out: Collector) -> None:
+    if meta.get("name") and isinstance(value, str):
+        why = name_problem(value)
+        if why:
+            out.add(path, why)
     for key, test, word in (
         ("gt", lambda v, b: v > b, ">"),
         ("ge", lambda v, b: v >= b, ">="),
@@ -199,6 +227,7 @@ def build(cls: type, data: Any, path: str, out: Collector, *, partial: bool = Fa
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     kwargs: dict[str, Any] = {}
+    broken = False
     for key in data:
         if key not in fields:
             out.add(join(path, str(key)), f"unknown key{did_you_mean(str(key), fields)}")
@@ -209,14 +238,20 @@ def build(cls: type, data: Any, path: str, out: Collector, *, partial: bool = Fa
             if partial and nested is not None and isinstance(data[name], Mapping):
                 kwargs[name] = build(nested, data[name], sub, out, partial=True)
                 continue
+            seen = len(out.problems)
             value = convert(hints[name], data[name], sub, out)
             _check_range(value, f.metadata, sub, out)
+            if len(out.problems) > seen and not partial and not _fits(hints[name], value):
+                # Reported already; never hand a wrong-typed value on (code reading the spec
+                # would crash on it). A default stands in, else the object is not built.
+                broken = broken or (f.default is MISSING and f.default_factory is MISSING)
+                continue
             kwargs[name] = value
         elif not partial and f.default is MISSING and f.default_factory is MISSING:
             out.add(sub, "required key is missing")
     if partial:
         return kwargs
-    missing = any(
+    missing = broken or any(
         n not in kwargs and f.default is MISSING and f.default_factory is MISSING for n, f in fields.items()
     )
     if missing or (len(out.problems) > before and hasattr(cls, "__post_init__")):
@@ -226,6 +261,32 @@ def build(cls: type, data: Any, path: str, out: Collector, *, partial: bool = Fa
     except (TypeError, ValueError) as exc:  # __post_init__ checks
         out.add(path, str(exc))
         return None
+
+
+def _fits(tp: Any, value: Any) -> bool:
+    """Shallow type test: is ``value`` of the kind ``tp`` promises (items not inspected)?"""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return True
+    if origin in (Union, types.UnionType):
+        return any(_fits(a, value) for a in typing.get_args(tp))
+    if tp is type(None):
+        return value is None
+    if origin is Literal:
+        return any(type(value) is type(c) for c in typing.get_args(tp))
+    if origin in (tuple, list):
+        return isinstance(value, (tuple, list))
+    if origin in (dict, Mapping):
+        return isinstance(value, Mapping)
+    if dataclasses.is_dataclass(tp):
+        return isinstance(value, tp)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(tp, type):
+        return isinstance(value, tp)
+    return True
 
 
 def _dataclass_of(tp: Any) -> type | None:

@@ -49,6 +49,9 @@ class OptimizerSpec:
     norm_weight_decay: float | None = field(default=None, metadata={"ge": 0})
     bias_weight_decay: float | None = field(default=None, metadata={"ge": 0})
     embed_weight_decay: float | None = field(default=None, metadata={"ge": 0})
+    #: every 1-D parameter and every bias (norms, layer-scale ``gamma``): ConvNeXt's own rule;
+    #: overrides the three above when set.
+    one_d_weight_decay: float | None = field(default=None, metadata={"ge": 0})
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,7 @@ class InputSpec:
     crop_size: tuple[int, int] | None = None
     crop_defect_p: float = field(default=0.7, metadata={"ge": 0, "le": 1})
     flip: bool = True
+    color_aug_ssd: bool = False  # Mask2Former's INPUT.COLOR_AUG_SSD (semantic training only)
     size_divisibility: int = field(default=32, metadata={"gt": 0})
 
 
@@ -115,6 +119,15 @@ class DetectorOptions:
     box_detections_per_img: int = field(default=100, metadata={"gt": 0})
     box_score_thresh: float = field(default=0.05, metadata={"ge": 0, "le": 1})
 
+    def __post_init__(self) -> None:
+        # What build_detector refuses: one anchor size per FPN level (P2..P6).
+        if len(self.anchor_sizes) != 5:
+            raise ValueError(f"anchor_sizes needs 5 sizes (FPN levels P2..P6), got {list(self.anchor_sizes)}")
+        if not self.aspect_ratios or min(self.aspect_ratios) <= 0:
+            raise ValueError(f"aspect_ratios must be positive numbers, got {list(self.aspect_ratios)}")
+        if min(self.anchor_sizes) <= 0:
+            raise ValueError(f"anchor_sizes must be positive, got {list(self.anchor_sizes)}")
+
 
 @dataclass(frozen=True)
 class Mask2FormerOptions:
@@ -138,6 +151,12 @@ class Mask2FormerOptions:
     dice_weight: float = field(default=5.0, metadata={"ge": 0})
     no_object_weight: float = field(default=0.1, metadata={"ge": 0})
     class_cost: float = field(default=2.0, metadata={"ge": 0})
+
+    def __post_init__(self) -> None:
+        # What the attention layers refuse: the width must split over the heads.
+        for name in ("conv_dim", "hidden_dim"):
+            if getattr(self, name) % self.nheads:
+                raise ValueError(f"{name} {getattr(self, name)} must be divisible by nheads {self.nheads}")
 
 
 @dataclass(frozen=True)
@@ -192,19 +211,25 @@ class SynthSpec:
 
     images: int = field(default=8, metadata={"gt": 0})
     size: int = field(default=64, metadata={"gt": 0})
-    seed: int = 0
+    seed: int = field(default=0, metadata={"ge": 0})
+    #: multiplies every object's size (raybench.data.synth.synthesize); 1 = real relative sizes
+    object_scale: float = field(default=1.0, metadata={"gt": 0, "le": 10})
+
+
+#: Field metadata of ids and names that end up in trial names and paths (see ``name_problem``).
+NAME: dict[str, Any] = {"name": True}
 
 
 @dataclass(frozen=True)
 class DatasetSpec:
     """One dataset of the study: where it is, how to read it, and how to train on it."""
 
-    id: str
+    id: str = field(metadata=NAME)
     format: str
     task: Task
     decoder: str
     root: str
-    recipe: str
+    recipe: str = field(metadata=NAME)
     options: dict[str, Any] = field(default_factory=dict)
     metric: str | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
@@ -219,14 +244,17 @@ class DatasetSpec:
 class BackboneSpec:
     """A backbone = architecture + pretraining (+ where its weights come from)."""
 
-    id: str
-    arch: str
+    id: str = field(metadata=NAME)
+    arch: str = field(metadata=NAME)
     timm_name: str
-    pretraining: str
+    pretraining: str = field(metadata=NAME)
     pretraining_data: str = ""
     pretrained: bool = True
     weights: str | None = None
     out_indices: tuple[int, ...] | None = None
+    #: ConvNeXt only: a LayerNorm on each output level, as the official ConvNeXt detection /
+    #: segmentation backbones (``norm{i}``); None = the architecture's default (ConvNeXt: on).
+    output_norms: bool | None = None
 
     @property
     def model_name(self) -> str:
@@ -238,7 +266,7 @@ class BackboneSpec:
 class RowSpec:
     """One row of Table 2: a backbone under a regime."""
 
-    backbone: str
+    backbone: str = field(metadata=NAME)
     regime: Regime
 
 
@@ -253,6 +281,19 @@ class ScalingSpec:
     max_batch_per_worker: int | None = field(default=None, metadata={"gt": 0})
     max_concurrent_trials: int | None = field(default=None, metadata={"gt": 0})
     driver_cpus: float = field(default=1.0, metadata={"ge": 0})
+    #: Extra Ray resources each train worker needs, e.g. ``{accelerator_type:A100: 0.01}`` or a
+    #: custom node resource (``{spot_gpu: 1}``): trials then run only on nodes that have them.
+    #: CPU and GPU are set by ``cpus_per_worker`` / ``gpus_per_worker``.
+    resources_per_worker: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name, amount in self.resources_per_worker.items():
+            if name in ("CPU", "GPU", "memory"):
+                field_name = {"CPU": "cpus_per_worker", "GPU": "gpus_per_worker"}.get(name)
+                hint = f"set scaling.{field_name} instead" if field_name else "not a per-worker resource here"
+                raise ValueError(f"resources_per_worker.{name}: {hint}")
+            if not isinstance(amount, (int, float)) or isinstance(amount, bool) or amount <= 0:
+                raise ValueError(f"resources_per_worker.{name}: expected a number > 0, got {amount!r}")
 
     def per_worker_batch(self, global_batch: int) -> tuple[int, int]:
         """(micro-batch per worker, gradient-accumulation steps) for a global batch."""

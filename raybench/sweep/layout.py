@@ -17,6 +17,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from raybench.errors import StorageError
+from raybench.probe import check_storage
+from raybench.study.schema import name_problem
+
 #: Per trial: how many times ``--restart-errored`` started it over (new W&B run each time).
 FRESH_STARTS_FILE = "fresh_starts"
 
@@ -40,6 +44,10 @@ class ExperimentLayout:
 
     @classmethod
     def create(cls, storage: str | os.PathLike[str], name: str) -> ExperimentLayout:
+        """Absolute storage; ``name`` must be a plain name (it is a folder of the storage)."""
+        why = name_problem(name)
+        if why:
+            raise StorageError(f"experiment name: {why}")
         storage = str(storage)
         if not is_uri(storage):
             storage = str(Path(storage).expanduser().resolve())
@@ -83,3 +91,6 @@ class ExperimentLayout:
         with fs.open_output_stream(path) as f:
             f.write(f"{count}\n".encode())
         return count
+
+
+__all__ = ["ExperimentLayout", "check_storage", "is_uri", "join_uri"]

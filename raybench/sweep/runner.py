@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from raybench.results.store import ray_storage
 from raybench.study import Study, TrialSpec
-from raybench.sweep.layout import ExperimentLayout, is_uri, join_uri
+from raybench.sweep.layout import ExperimentLayout, check_storage, is_uri, join_uri
 from raybench.sweep.trainable import RESUMES_FILE, TRIAL_KEY, dumps_specs, forwarded_env, run_trial
 
 #: How the sweep got its Ray: started here (``local``), joined a running cluster
@@ -85,9 +85,9 @@ def max_concurrency(
     starve the workers (their group start times out); the cap prevents that.
 
     - The study's ``scaling.max_concurrent_trials`` always wins.
-    - A joined cluster (``--address``, ``RAY_ADDRESS``, ``auto``) whose trials need GPUs but
-      which has none yet is an autoscaling cluster starting from zero: no cap (trials wait
-      pending and the autoscaler adds GPU nodes for them).
+    - A joined cluster (``--address``, ``RAY_ADDRESS``, ``auto``) whose trials need GPUs (or a
+      ``scaling.resources_per_worker`` resource) but which has none yet is an autoscaling
+      cluster starting from zero: no cap (trials wait pending and the autoscaler adds nodes).
     - Otherwise (a local Ray, or a joined cluster as it is now): what fits in the current
       resources. An autoscaling cluster grows only for pending trials, so a study that wants
       more at once than the nodes already up sets ``max_concurrent_trials``.
@@ -101,10 +101,13 @@ def max_concurrency(
         resources = ray.cluster_resources()
     cpus, gpus = float(resources.get("CPU", 0.0)), float(resources.get("GPU", 0.0))
     needs_gpu = s.use_gpu and s.gpus_per_worker > 0
-    if mode == "joined" and needs_gpu and gpus == 0:
+    # scaling.resources_per_worker (e.g. a custom resource only GPU nodes carry) count like GPUs
+    extra = {k: s.workers * float(v) for k, v in s.resources_per_worker.items()}
+    absent = (["GPU"] if needs_gpu and gpus == 0 else []) + [k for k in extra if not resources.get(k)]
+    if mode == "joined" and absent:
         return None, (
-            "joined cluster with no GPU yet: no cap (trials wait until their resources exist; an "
-            "autoscaler adds nodes for them); set scaling.max_concurrent_trials in the study to cap"
+            f"joined cluster with no {' / '.join(absent)} yet: no cap (trials wait until their resources "
+            "exist; an autoscaler adds nodes for them); set scaling.max_concurrent_trials in the study to cap"
         )
     per_cpu = driver_cpus + s.workers * s.cpus_per_worker
     fits = math.floor(cpus / per_cpu + 1e-9) if cpus and per_cpu > 0 else len(trials)
@@ -113,6 +116,9 @@ def max_concurrency(
         per_gpu = s.workers * s.gpus_per_worker
         fits = min(fits, math.floor(gpus / per_gpu + 1e-9))
         what += f" + {_count(per_gpu, 'GPU')}"
+    for k, need in extra.items():
+        fits = min(fits, math.floor(float(resources.get(k, 0.0)) / need + 1e-9))
+        what += f" + {need:g} {k}"
     who = {
         "local": "local Ray started by raybench",
         "caller": "the Ray this process started",
@@ -148,7 +154,8 @@ def prepare_synthetic(trials: list[TrialSpec]) -> None:
             continue
         print(f"[raybench] writing synthetic {d.format} ({d.synthetic.images} images) to {d.root}")
         tmp = Path(f"{d.root}.tmp-{os.getpid()}")
-        synthesize(d.format, tmp, images=d.synthetic.images, size=d.synthetic.size, seed=d.synthetic.seed)
+        s = d.synthetic
+        synthesize(d.format, tmp, images=s.images, size=s.size, seed=s.seed, object_scale=s.object_scale)
         os.replace(tmp, d.root)  # atomic: a half-written dataset never looks complete
         done.add(d.root)
 
@@ -191,12 +198,18 @@ def reset_trials(layout: ExperimentLayout, names: list[str]) -> tuple[list[str],
 
 
 def run_study(study: Study, options: SweepOptions) -> dict[str, Any]:
-    """Run (or resume) the study's sweep; returns per-trial final state and metrics."""
-    from ray import tune
+    """Run (or resume) the study's sweep; returns per-trial final state and metrics.
 
+    Before Ray starts: the trial selection and the storage (written, read back, deleted: a
+    read-only folder or an unreachable bucket fails here with its path, not inside Tune).
+    """
     trials = study.select(options.only)
     driver_cpus = study.scaling.driver_cpus if options.driver_cpus is None else options.driver_cpus
     layout = ExperimentLayout.create(options.storage, options.experiment or study.name)
+    check_storage(layout.root)
+
+    from ray import tune
+
     storage_path, storage_fs = ray_storage(layout.storage)
     root_path, _ = ray_storage(layout.root)
     restoring = options.resume and tune.Tuner.can_restore(root_path, storage_filesystem=storage_fs)

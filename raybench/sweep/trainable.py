@@ -187,6 +187,17 @@ class RayReporter:
         ray.train.report(dict(metrics), checkpoint=ckpt, checkpoint_upload_fn=upload)
         self.report_s += time.time() - t
 
+    def report_records(self, trial: str, iteration: int, records: Any) -> None:
+        """Rank 0: the final evaluation's per-image records into the trial's results store
+        (``records/eval-<iter>.parquet``; the report's bootstrap intervals read them)."""
+        if self.rank != 0:
+            return
+        from raybench.results.store import write_eval_records
+
+        t = time.time()
+        write_eval_records(self.layout.trial_dir(self.trial.name), trial, iteration, records)
+        self.report_s += time.time() - t
+
     def close(self, ok: bool) -> float:
         """Finish the W&B run; returns the seconds that took."""
         t = time.time()
@@ -361,6 +372,7 @@ def run_trial(config: dict[str, Any], specs: dict[str, str], settings: dict[str,
     per_worker = {"CPU": float(s.cpus_per_worker)}
     if s.use_gpu:
         per_worker["GPU"] = float(s.gpus_per_worker)
+    per_worker |= {k: float(v) for k, v in s.resources_per_worker.items()}  # e.g. a spot-GPU node label
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={

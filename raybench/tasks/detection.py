@@ -2,8 +2,10 @@
 
 Data: the pipeline only flips (torchvision's transform resizes inside the model, see
 :mod:`raybench.models.detection`); batches are lists, images stay ``uint8`` until they
-reach the device. Losses are torchvision's (each already a mean over sampled anchors /
-proposals of the batch). Metrics: COCO box AP (and mask AP for Mask R-CNN).
+reach the device. The model normalises, resizes and pads the batch with 0.0 after
+normalisation (= the mean colour), as Detectron2's ``GeneralizedRCNN.preprocess_image``.
+Losses are torchvision's (each already a mean over sampled anchors / proposals of the
+batch). Metrics: COCO box AP (and mask AP for Mask R-CNN).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from torch import nn
 from raybench.backbones import build_backbone
 from raybench.evaluation.coco import CocoEvaluator
 from raybench.models.detection import build_detector, detector_backbone
+from raybench.study.spec import TrialSpec
 from raybench.tasks import DatasetMeta, Gather, Task, Transform, register_task
 
 #: Target entries torchvision's detectors read during training.
@@ -29,6 +32,14 @@ def _images(batch: Any) -> list[torch.Tensor]:
 @register_task("faster_rcnn", "mask_rcnn")
 class DetectionTask(Task):
     """torchvision R-CNN detectors over a raybench backbone + FPN."""
+
+    def __init__(self, trial: TrialSpec) -> None:
+        super().__init__(trial)
+        if trial.recipe.input.color_aug_ssd:
+            raise ValueError(
+                f"{trial.name}: recipe input.color_aug_ssd is Mask2Former's semantic augmentation; "
+                f"the {trial.decoder} pipeline (Detectron2's: resize + flip) has none, set it to false"
+            )
 
     @property
     def iou_types(self) -> tuple[str, ...]:

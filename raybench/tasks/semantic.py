@@ -6,11 +6,13 @@ the model predicts K + 1 classes, background included (``class_names`` =
 does (Severstal's headline) and ``val/mIoU_nobg`` leaves it out (Rubber Rings' headline).
 
 Data: ``build_transforms("semantic", ...)`` from the recipe's input options — training:
-multi-scale short-edge resize, defect-aware crop, flip; validation: resize to the test short
-edge — without its padding step: :meth:`SemanticTask.collate` pads each batch to its largest
-image (multiple of the recipe's ``size_divisibility`` and of 32; images with 0, ``sem_seg``
-with 255) and keeps every image's valid size. Validation items also carry their original,
-unresized ``sem_seg``.
+multi-scale short-edge resize, defect-aware crop, SSD colour distortion (``color_aug_ssd``),
+flip, pad to the crop size (image 128, ``sem_seg`` 255: Mask2Former's semantic mapper);
+validation: resize to the test short edge — without its divisibility step:
+:meth:`SemanticTask.collate` pads each batch to its largest image (multiple of the recipe's
+``size_divisibility`` and of 32; ``sem_seg`` with 255) and keeps every image's valid size, which
+the model uses to set the padding to 0.0 after normalisation (Mask2Former's ``ImageList``
+padding). Validation items also carry their original, unresized ``sem_seg``.
 
 Evaluation: scores at the padded input size -> crop to the image's valid size -> bilinear
 resize to the original image size -> argmax, compared with the *original* ground truth, as
@@ -30,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from raybench.backbones import build_backbone
+from raybench.evaluation.records import EvalRecords, semseg_records
 from raybench.evaluation.semseg import SemSegEvaluator
 from raybench.models.semantic import IGNORE_INDEX, build_segmenter
 from raybench.tasks import DatasetMeta, Gather, Task, Transform, register_task
@@ -42,8 +45,9 @@ ORIGINAL_KEY = "original_sem_seg"
 
 class SemanticBatch(NamedTuple):
     """A collated batch. ``images`` uint8 ``[B, 3, H, W]`` and ``sem_seg`` int64 ``[B, H, W]``
-    (padding: 0 / 255); ``sizes`` each image's (h, w) before padding; ``originals`` the
-    unresized ground truths (validation only, kept on the CPU), else None."""
+    (padding: 0 / 255; the model replaces the image padding with 0.0 after normalising);
+    ``sizes`` each image's (h, w) before padding; ``originals`` the unresized ground truths
+    (validation only, kept on the CPU), else None."""
 
     images: torch.Tensor
     sem_seg: torch.Tensor
@@ -106,7 +110,9 @@ class SemanticEvaluator:
         self.semseg = self._new()
 
     def _new(self) -> SemSegEvaluator:
-        return SemSegEvaluator(len(self.class_names), self.ignore_index, self.class_names, background_index=0)
+        return SemSegEvaluator(
+            len(self.class_names), self.ignore_index, self.class_names, background_index=0, per_image=True
+        )
 
     def reset(self) -> None:
         self.semseg.reset()
@@ -130,7 +136,16 @@ class SemanticEvaluator:
         merged = self._new()
         for confusion in self.gather(self.semseg.confusion.cpu()):
             merged.confusion += confusion.to(merged.confusion.device)
+        # Per-image counts of every worker (the bootstrap's records), gathered like the matrix.
+        self.last_records = semseg_records(
+            self.gather(self.semseg.image_stats()), self.class_names, 0, self.prefix
+        )
         return {f"{self.prefix}{k}": v for k, v in merged.evaluate().items()}
+
+    def records(self) -> EvalRecords | None:
+        """Per-image records of the last :meth:`evaluate` (all workers), for bootstrap intervals."""
+        last = getattr(self, "last_records", None)
+        return EvalRecords([last]) if last is not None else None
 
 
 @register_task("mask2former", "upernet", "fpn")
@@ -174,11 +189,11 @@ class SemanticTask(Task):
         )
 
     def train_step(self, model: nn.Module, batch: SemanticBatch) -> dict[str, torch.Tensor]:
-        return model(batch.images, batch.sem_seg)
+        return model(batch.images, batch.sem_seg, batch.sizes)
 
     def predict(self, model: nn.Module, batch: SemanticBatch) -> list[dict[str, torch.Tensor]]:
         """``sem_seg`` int64 per image, at the original size when the batch carries originals."""
-        scores = model(batch.images)
+        scores = model(batch.images, sizes=batch.sizes)
         out = []
         for i, (h, w) in enumerate(batch.sizes):
             s = scores[i : i + 1, :, :h, :w].float()

@@ -10,45 +10,63 @@ Per prediction (the final one, then every auxiliary one in order): match queries
 Terms come back already multiplied by their weights (class 2, mask 5, dice 5 by default), with the
 index of the auxiliary prediction as suffix (``loss_ce_0`` is the prediction from the learnt queries).
 
-Random draws happen in the reference order (matcher: one ``torch.rand(1, P, 2)`` per image; then the
-oversampled and the extra uniform points of :func:`uncertain_point_coords`), from ``generator`` or the
-global RNG, so that seeding reproduces the reference's points exactly.
+Batched: every prediction and every image is handled together - one matcher call with one
+device-to-host copy per step, one importance-sampling call, one ``grid_sample`` for the targets'
+values at the points, one batched loss - with no Python loop over images in the step and no host
+synchronisation besides the matcher's copy. The number of matched masks of each image is known on
+the host before matching (``min(Q, N_b)``: the assignment is one-to-one), so every random number is
+drawn before matching, in one ``torch.rand`` call laid out in the reference's order (per prediction:
+the matcher's ``[1, P, 2]`` per image, then the oversampled and the extra uniform points of
+:func:`uncertain_point_coords`). The CPU generator is one serial stream, so on CPU those are exactly
+the reference's numbers (the parity tests seed both alike); on CUDA they have the same distribution
+but split the Philox stream differently from the reference's separate calls.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .matcher import HungarianMatcher
+from .matcher import HungarianMatcher, Matching, pad_targets, sample_targets
 from .point_sampling import point_sample, uncertain_point_coords
 
 
-def dice_loss(logits: Tensor, targets: Tensor, num_masks: float) -> Tensor:
+def dice_loss(logits: Tensor, targets: Tensor, num_masks: float | Tensor) -> Tensor:
     """Sum over masks of ``1 - (2|p t| + 1) / (|p| + |t| + 1)``, divided by ``num_masks``."""
+    return _dice_rows(logits, targets).sum() / num_masks
+
+
+def sigmoid_ce_loss(logits: Tensor, targets: Tensor, num_masks: float | Tensor) -> Tensor:
+    """Per-mask mean binary cross-entropy over its points, summed and divided by ``num_masks``."""
+    return _sigmoid_ce_rows(logits, targets).sum() / num_masks
+
+
+def _dice_rows(logits: Tensor, targets: Tensor) -> Tensor:
     probs = logits.sigmoid()
     numerator = 2 * (probs * targets).sum(-1)
     denominator = probs.sum(-1) + targets.sum(-1)
-    return (1 - (numerator + 1) / (denominator + 1)).sum() / num_masks
+    return 1 - (numerator + 1) / (denominator + 1)
 
 
-def sigmoid_ce_loss(logits: Tensor, targets: Tensor, num_masks: float) -> Tensor:
-    """Per-mask mean binary cross-entropy over its points, summed and divided by ``num_masks``."""
-    loss = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
-    return loss.mean(1).sum() / num_masks
+def _sigmoid_ce_rows(logits: Tensor, targets: Tensor) -> Tensor:
+    return F.binary_cross_entropy_with_logits(logits, targets, reduction="none").mean(1)
 
 
-def _num_masks(targets: Sequence[dict[str, Tensor]], device: torch.device) -> float:
-    num = torch.tensor(float(sum(len(t["labels"]) for t in targets)), device=device)
-    world = 1
+def _num_masks(counts: Sequence[int], device: torch.device) -> float | Tensor:
+    """Target masks in the batch (>= 1), averaged over workers; a float unless distributed.
+
+    The counts are tensor shapes, known on the host: no synchronisation. Distributed, the
+    all-reduced count stays a device tensor (no ``.item()``).
+    """
+    num = float(sum(counts))
     if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.all_reduce(num)
-        world = torch.distributed.get_world_size()
-    return max(num.item() / world, 1.0)
+        total = torch.full((), num, device=device)
+        torch.distributed.all_reduce(total)
+        return torch.clamp(total / torch.distributed.get_world_size(), min=1.0)
+    return max(num, 1.0)
 
 
 class Mask2FormerCriterion(nn.Module):
@@ -88,147 +106,162 @@ class Mask2FormerCriterion(nn.Module):
 
         ``targets``: per image ``labels`` int64 ``[N]`` in ``0..K-1`` and ``masks`` ``[N, H, W]``.
         """
-        device = outputs["pred_logits"].device
-        num_masks = _num_masks(targets, device)
-        # Float masks once for all predictions; the matcher reads them unpadded (as transformers'
-        # matcher does), the mask losses padded to the batch's largest size (as both references do).
-        targets = [
-            {"labels": t["labels"].to(device), "masks": t["masks"].to(device=device, dtype=torch.float32)}
-            for t in targets
-        ]
-        target_masks = self._padded_target_masks(targets)
         predictions = [outputs, *outputs.get("aux_outputs", [])]
-        losses: dict[str, Tensor] = {}
-        sampled: list[_SampledPoints] = []
-        for pred in predictions:
-            indices = self.matcher(pred["pred_logits"], pred["pred_masks"], targets, generator)
-            losses["loss_ce" + _suffix(len(sampled))] = self.loss_labels(
-                pred["pred_logits"], targets, indices
+        num_preds = len(predictions)
+        device = outputs["pred_logits"].device
+        batch, num_queries = outputs["pred_logits"].shape[:2]
+        counts = [int(t["labels"].shape[0]) for t in targets]
+        num_matched = sum(min(num_queries, n) for n in counts)  # per prediction, known before matching
+        num_masks = _num_masks(counts, device)
+        matcher_coords, oversampled, extra = self._draw(num_preds, batch, num_matched, device, generator)
+
+        labels = masks = None
+        target_points = matcher_coords.new_zeros(num_preds, batch, 0, self.matcher.num_points)
+        if sum(counts):
+            # Padded once for all predictions: the mask losses read them padded to the batch's largest
+            # size (as both references do); the matcher reads them unpadded (as transformers' does),
+            # which is the same tensor whenever the images share one size.
+            labels = pad_targets([t["labels"].to(device) for t in targets])
+            masks = pad_targets([t["masks"].to(device) for t in targets]).float()
+            unpadded = [t["masks"].to(device) for t in targets]
+            target_points = sample_targets(unpadded, matcher_coords, masks)
+        matching = self.matcher.match(
+            [(p["pred_logits"], p["pred_masks"]) for p in predictions],
+            labels,
+            counts,
+            target_points,
+            matcher_coords,
+        )
+        loss_ce = self.loss_labels([p["pred_logits"] for p in predictions], labels, matching)
+        if num_matched == 0:  # no target in the whole batch: nothing to segment
+            loss_mask = loss_dice = (loss_ce.sum() * 0.0).expand(num_preds)
+        else:
+            with torch.no_grad():
+                coords = uncertain_point_coords(
+                    self._matched_masks(predictions, matching, num_matched).float().unsqueeze(1),
+                    self.num_points,
+                    self.oversample_ratio,
+                    self.importance_sample_ratio,
+                    draws=(oversampled, extra),
+                )
+                point_labels = _target_points(masks, matching, coords, num_preds)
+            slots = num_preds * max(min(num_queries, n) for n in counts)
+            point_logits = self._point_logits(
+                predictions, outputs.get("mask_features"), matching, coords, slots
             )
-            sampled.append(self._sample_points(pred, target_masks, indices, generator))
+            loss_mask = _sigmoid_ce_rows(point_logits, point_labels).view(num_preds, -1).sum(1) / num_masks
+            loss_dice = _dice_rows(point_logits, point_labels).view(num_preds, -1).sum(1) / num_masks
+        weighted = {
+            "loss_ce": loss_ce * self.weights["loss_ce"],
+            "loss_mask": loss_mask * self.weights["loss_mask"],
+            "loss_dice": loss_dice * self.weights["loss_dice"],
+        }
+        # Per prediction ce / mask / dice; "loss_ce_3" is weighted like "loss_ce".
+        return {name + _suffix(i): value[i] for i in range(num_preds) for name, value in weighted.items()}
 
-        point_logits = self._point_logits(predictions, outputs.get("mask_features"), sampled)
-        for i, (points, logits) in enumerate(zip(sampled, point_logits)):
-            if logits is None:  # no target in the whole batch: nothing to segment
-                zero = predictions[i]["pred_logits"].sum() * 0.0
-                losses["loss_mask" + _suffix(i)] = losses["loss_dice" + _suffix(i)] = zero
-                continue
-            losses["loss_mask" + _suffix(i)] = sigmoid_ce_loss(logits, points.labels, num_masks)
-            losses["loss_dice" + _suffix(i)] = dice_loss(logits, points.labels, num_masks)
-        # "loss_ce_3" is weighted like "loss_ce".
-        ordered = _ordered(losses, len(predictions))
-        return {name: value * self.weights["_".join(name.split("_")[:2])] for name, value in ordered.items()}
+    def _draw(
+        self,
+        num_preds: int,
+        batch: int,
+        num_matched: int,
+        device: torch.device,
+        generator: torch.Generator | None,
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Every random number of the step in one call, laid out in the reference's order.
 
-    def loss_labels(
-        self, pred_logits: Tensor, targets: Sequence[dict[str, Tensor]], indices: list[tuple[Tensor, Tensor]]
-    ) -> Tensor:
-        """Cross-entropy with every unmatched query labelled "no object" (down-weighted)."""
-        batch, num_queries, _ = pred_logits.shape
-        device = pred_logits.device
-        target_classes = torch.full((batch, num_queries), self.num_classes, dtype=torch.int64, device=device)
-        for b, (src, tgt) in enumerate(indices):
-            target_classes[b, src.to(device)] = targets[b]["labels"][tgt.to(device)]
-        return F.cross_entropy(pred_logits.float().transpose(1, 2), target_classes, self.empty_weight)
+        Returns the matcher's points ``[L, B, P_match, 2]``, the oversampled points
+        ``[L * M, P * oversample_ratio, 2]`` and the extra uniform points ``[L * M, P_random, 2]``
+        (None if there are none), ``M`` = matched masks per prediction.
+        """
+        match_points = self.matcher.num_points
+        sampled = int(self.num_points * self.oversample_ratio)
+        num_random = self.num_points - int(self.importance_sample_ratio * self.num_points)
+        sizes = [batch * match_points * 2, num_matched * sampled * 2, num_matched * num_random * 2]
+        flat = torch.rand(num_preds, sum(sizes), device=device, generator=generator)
+        parts = flat.split(sizes, dim=1)
+        matcher_coords = parts[0].reshape(num_preds, batch, match_points, 2)
+        oversampled = parts[1].reshape(num_preds * num_matched, sampled, 2)
+        extra = parts[2].reshape(num_preds * num_matched, num_random, 2) if num_random > 0 else None
+        return matcher_coords, oversampled, extra
+
+    def loss_labels(self, pred_logits: Sequence[Tensor], labels: Tensor | None, matching: Matching) -> Tensor:
+        """Cross-entropy with every unmatched query labelled "no object" (down-weighted), ``[L]``.
+
+        One call for all predictions: per-query terms, then each prediction's weighted mean
+        (``sum(w_t * nll) / sum(w_t)``, what ``F.cross_entropy`` with class weights computes).
+        """
+        logits = torch.stack(list(pred_logits)).float()  # [L, B, Q, K+1]
+        num_preds = logits.shape[0]
+        target_classes = torch.full(
+            logits.shape[:3], self.num_classes, dtype=torch.int64, device=logits.device
+        )
+        if labels is not None and matching.pred.numel():
+            target_classes[matching.pred, matching.image, matching.query] = labels[
+                matching.image, matching.target
+            ]
+        terms = F.cross_entropy(
+            logits.flatten(0, 1).transpose(1, 2),
+            target_classes.flatten(0, 1),
+            self.empty_weight,
+            reduction="none",
+        )
+        weights = self.empty_weight[target_classes]
+        return terms.view(num_preds, -1).sum(1) / weights.view(num_preds, -1).sum(1)
 
     @staticmethod
-    def _padded_target_masks(targets: Sequence[dict[str, Tensor]]) -> list[Tensor]:
-        """Target masks zero-padded to the largest size in the batch (like the reference)."""
-        height = max(int(t["masks"].shape[-2]) for t in targets)
-        width = max(int(t["masks"].shape[-1]) for t in targets)
-        padded = []
-        for t in targets:
-            m = t["masks"]
-            if m.shape[-2:] != (height, width):
-                m = F.pad(m, (0, width - m.shape[-1], 0, height - m.shape[-2]))
-            padded.append(m)
-        return padded
-
-    def _sample_points(
-        self,
-        pred: dict,
-        target_masks: list[Tensor],
-        indices: list[tuple[Tensor, Tensor]],
-        generator: torch.Generator | None,
-    ) -> _SampledPoints:
-        """Uncertainty-sampled points of the matched masks and the targets' values there (no grad)."""
-        pred_masks = pred["pred_masks"]
-        device = pred_masks.device
-        counts = [len(src) for src, _ in indices]
-        src_b = torch.cat([torch.full((n,), b, dtype=torch.int64) for b, n in enumerate(counts)]).to(device)
-        src_q = torch.cat([src for src, _ in indices]).to(device)
-        if src_q.numel() == 0:
-            return _SampledPoints(src_b, src_q, None, None)
-        with torch.no_grad():
-            coords = uncertain_point_coords(
-                pred_masks[src_b, src_q].detach().float().unsqueeze(1),
-                self.num_points,
-                self.oversample_ratio,
-                self.importance_sample_ratio,
-                generator,
-            )
-            tgt = torch.cat([target_masks[b][j.to(device)] for b, (_, j) in enumerate(indices)])
-            labels = point_sample(tgt.unsqueeze(1), coords).squeeze(1)
-        return _SampledPoints(src_b, src_q, coords, labels)
+    def _matched_masks(predictions: list[dict], matching: Matching, num_matched: int) -> Tensor:
+        """Dense mask logits of every prediction's matched queries, ``[L * M, h, w]`` (no grad)."""
+        image = matching.image.view(len(predictions), num_matched)
+        query = matching.query.view(len(predictions), num_matched)
+        return torch.cat([p["pred_masks"][image[i], query[i]] for i, p in enumerate(predictions)])
 
     @staticmethod
     def _point_logits(
-        predictions: list[dict], mask_features: Tensor | None, sampled: list[_SampledPoints]
-    ) -> list[Tensor | None]:
+        predictions: list[dict], mask_features: Tensor | None, matching: Matching, coords: Tensor, slots: int
+    ) -> Tensor:
         """Mask logits (with autograd) of every prediction's matched masks at its sampled points.
 
         If the dense masks carry autograd (the reference's way) they are sampled directly. Otherwise
         the matched masks of all predictions are rebuilt from their embeddings in one batched matmul
         with ``mask_features`` (the only masks the loss reads; same values), then sampled in one call.
         """
+        num_preds = len(predictions)
+        num_matched = coords.shape[0] // num_preds
         dense = mask_features is None or any(
             p["pred_masks"].requires_grad or "mask_embed" not in p for p in predictions
         )
         if dense:
-            return [
-                None
-                if s.coords is None
-                else point_sample(p["pred_masks"][s.src_b, s.src_q].float().unsqueeze(1), s.coords).squeeze(1)
-                for p, s in zip(predictions, sampled)
-            ]
-        used = [i for i, s in enumerate(sampled) if s.coords is not None]
-        if not used:
-            return [None] * len(sampled)
+            masks = Mask2FormerCriterion._matched_masks(predictions, matching, num_matched)
+            return point_sample(masks.float().unsqueeze(1), coords).squeeze(1)
+        image = matching.image.view(num_preds, num_matched)
+        query = matching.query.view(num_preds, num_matched)
+        embed = torch.cat([p["mask_embed"][image[i], query[i]] for i, p in enumerate(predictions)])
+        # Matched embeddings of each image in the rows (``slots`` = L * max_b M_b) of a padded batch.
         batch = mask_features.shape[0]
-        embed = torch.cat([predictions[i]["mask_embed"][sampled[i].src_b, sampled[i].src_q] for i in used])
-        image = torch.cat([sampled[i].src_b for i in used])
-        # Slot of each matched mask among its image's rows of the padded [B, M, C] embedding batch.
-        order = torch.argsort(image, stable=True)
-        per_image = torch.bincount(image, minlength=batch)
-        starts = torch.cumsum(per_image, 0) - per_image
-        slot = torch.empty_like(image)
-        slot[order] = torch.arange(image.numel(), device=image.device) - starts[image[order]]
-        padded = embed.new_zeros(batch, int(per_image.max()), embed.shape[1]).index_put((image, slot), embed)
-        masks = torch.bmm(padded, mask_features.flatten(2))[image, slot]  # [M, h*w]
+        padded = embed.new_zeros(batch, slots, embed.shape[1]).index_put(
+            (matching.image, matching.slot), embed
+        )
+        masks = torch.bmm(padded, mask_features.flatten(2))[matching.image, matching.slot]  # [L*M, h*w]
         masks = masks.view(-1, 1, *mask_features.shape[-2:]).float()
-        coords = torch.cat([sampled[i].coords for i in used])
-        logits = point_sample(masks, coords).squeeze(1).split([len(sampled[i].src_q) for i in used])
-        out: list[Tensor | None] = [None] * len(sampled)
-        for i, value in zip(used, logits):
-            out[i] = value
-        return out
+        return point_sample(masks, coords).squeeze(1)
 
 
-class _SampledPoints(NamedTuple):
-    src_b: Tensor  # image of each matched query
-    src_q: Tensor  # matched query indices
-    coords: Tensor | None  # [Nm, P, 2] sampled point coordinates, None if nothing matched
-    labels: Tensor | None  # [Nm, P] target values at those points
+def _target_points(masks: Tensor, matching: Matching, coords: Tensor, num_preds: int) -> Tensor:
+    """Target values at each matched pair's points, ``[L * M, P]``, in one ``grid_sample`` call.
+
+    ``masks`` is ``[B, N_max, H, W]``. A target is matched at most once per prediction, so each
+    target mask is sampled at the points of its pair in every prediction (slot ``l`` of a
+    ``[B * N_max, L, P]`` grid; unused slots sample anything) without copying the matched masks.
+    """
+    batch, n_max, height, width = masks.shape
+    num_points = coords.shape[1]
+    rows = matching.image * n_max + matching.target
+    grid = coords.new_zeros(batch * n_max, num_preds, num_points, 2)
+    grid[rows, matching.pred] = coords
+    values = point_sample(masks.view(batch * n_max, 1, height, width), grid.view(batch * n_max, -1, 2))
+    return values.view(batch * n_max, num_preds, num_points)[rows, matching.pred]
 
 
 def _suffix(i: int) -> str:
     """'' for the final prediction, '_j' for auxiliary prediction j."""
     return "" if i == 0 else f"_{i - 1}"
-
-
-def _ordered(losses: dict[str, Tensor], num_predictions: int) -> dict[str, Tensor]:
-    """Terms in a stable order: per prediction, ce / mask / dice."""
-    return {
-        name + _suffix(i): losses[name + _suffix(i)]
-        for i in range(num_predictions)
-        for name in ("loss_ce", "loss_mask", "loss_dice")
-    }
