@@ -11,6 +11,8 @@ Method:
   every step is recorded. Reported: median and minimum step time per implementation; as ratios,
   the median of the per-pair ratios (robust to load that changes between pairs) and the ratio of
   the minima (interference only adds time);
+* CPU time: the process CPU time of every step too (all threads), and the median of its per-pair
+  ratios: on a shared machine far steadier than wall time (with ``--threads 1``, the step's compute);
 * peak memory: each implementation alone in a fresh subprocess. After set-up and one warm-up step
   (so that gradient buffers exist in both), freed heap is returned to the OS (``malloc_trim``), the
   kernel's RSS high-water mark is reset (``/proc/self/clear_refs`` = 5) and ``VmRSS`` is read; after
@@ -168,13 +170,14 @@ def _time_worker(args: argparse.Namespace) -> dict:
     torch.manual_seed(0)
     features, targets = _inputs(args)
     steps = {impl: _build(impl, args, features, targets) for impl in IMPLS}
-    times: dict[str, list[float]] = {impl: [] for impl in IMPLS}
+    times: dict[str, list[float]] = {key: [] for impl in IMPLS for key in (impl, impl + "_cpu")}
     for i in range(args.warmup + args.steps):
         for impl in IMPLS if i % 2 == 0 else IMPLS[::-1]:
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             steps[impl]()
             if i >= args.warmup:
                 times[impl].append(time.perf_counter() - start)
+                times[impl + "_cpu"].append(time.process_time() - cpu_start)
     return times
 
 
@@ -236,12 +239,17 @@ def main() -> None:
     memory = {impl: _subprocess(f"mem-{impl}", passthrough) for impl in IMPLS}
 
     paired = [p / t for p, t in zip(times["port"], times["transformers"])]
+    # Process CPU time (all threads) of each step: what the step itself cost, far less sensitive
+    # than wall time to other jobs on a shared machine (with --threads 1 it is the step's compute).
+    paired_cpu = [p / t for p, t in zip(times["port_cpu"], times["transformers_cpu"])]
     summary = {
         impl: {
             "median_step_s": statistics.median(times[impl]),
             "min_step_s": min(times[impl]),
             "peak_extra_mb": memory[impl]["peak_extra_mb"],
             "times_s": [round(t, 3) for t in times[impl]],
+            "median_cpu_s": statistics.median(times[impl + "_cpu"]),
+            "cpu_times_s": [round(t, 3) for t in times[impl + "_cpu"]],
         }
         for impl in IMPLS
     }
@@ -261,6 +269,11 @@ def main() -> None:
         print(f"{impl:<14}{s['median_step_s']:>17.3f}{s['min_step_s']:>14.3f}{s['peak_extra_mb']:>17.1f}")
     print(f"{'port / ref':<14}{time_ratio:>17.3f}{min_ratio:>14.3f}{mem_ratio:>17.3f}")
     print("(ratios: time = median of per-pair ratios, min = ratio of the fastest steps)")
+    cpu_ratio = statistics.median(paired_cpu)
+    print(
+        f"process CPU time per step (median): transformers {summary['transformers']['median_cpu_s']:.3f} s, "
+        f"port {summary['port']['median_cpu_s']:.3f} s, median paired ratio {cpu_ratio:.3f}"
+    )
 
     record = {
         "benchmark": "mask2former_train_step_cpu",
@@ -278,6 +291,8 @@ def main() -> None:
         "paired_time_ratios": [round(r, 4) for r in paired],
         "time_ratio": round(time_ratio, 4),
         "min_time_ratio": round(min_ratio, 4),
+        "paired_cpu_time_ratios": [round(r, 4) for r in paired_cpu],
+        "cpu_time_ratio": round(cpu_ratio, 4),
         "memory_ratio": round(mem_ratio, 4),
     }
     print(json.dumps(record))

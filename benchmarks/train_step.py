@@ -15,7 +15,10 @@ memory is per configuration.
 Prints a table, then as its last line one JSON object with every figure.
 Usage: python benchmarks/train_step.py [--decoders faster_rcnn,mask_rcnn,mask2former]
        [--backbones resnet50_gn,convnext_t] [--regimes frozen,full] [--steps 5] [--batch N]
-       [--compile]
+       [--compile] [--src DIR]
+
+``--src DIR`` imports raybench from another checkout (e.g. an older revision's package, for a
+before / after comparison on the same machine).
 """
 
 from __future__ import annotations
@@ -209,8 +212,11 @@ def main() -> int:
         default="task",
         help="cuDNN autotuning: the task's choice (as the engine), or forced on / off",
     )
+    parser.add_argument("--src", default=None, help="checkout whose raybench package to import")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one config, print JSON
     args = parser.parse_args()
+    if args.src:  # before anything imports raybench
+        sys.path.insert(0, str(Path(args.src).resolve()))
     if args.one:
         decoder, arch, regime = args.one.split(":")
         result = run_one(
@@ -240,6 +246,8 @@ def main() -> int:
                 if args.compile:
                     cmd.append("--compile")
                 cmd += ["--cudnn-benchmark", args.cudnn_benchmark]
+                if args.src:
+                    cmd += ["--src", args.src]
                 proc = subprocess.run(cmd, capture_output=True, text=True)
                 line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
                 if line is None:

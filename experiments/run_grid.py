@@ -4,6 +4,9 @@
 Thin wrapper over ``raybench run`` (see ``--help``): joins a running cluster (RAY_ADDRESS,
 or the one `ray up` started) or starts a local Ray, runs every trial, then writes the report.
 Default study: the smoke study (synthetic data, CPU, minutes).
+Console: the status table, one line per trial event and raybench's messages; the workers'
+output and Ray's own messages go to the log files named at the start (``--verbose``: all of it
+on the console too; ``-q``: warnings, failures and the summary only).
 """
 
 from __future__ import annotations

@@ -4,12 +4,20 @@ Every decoder in raybench (torchvision's FPN detectors, the Mask2Former port, sm
 consumes the same :class:`Backbone`: a list of four feature maps plus ``channels`` and
 ``strides``. The backbone carries its pretraining's mean/std, because normalisation
 belongs to the model, not to the dataset.
+
+How a timm model becomes four levels depends on its type (:data:`ADAPTERS`, keyed on the
+model's class): hierarchical models (ConvNets) through timm's ``features_only``; plain ViTs
+(``VisionTransformer``, ``Eva``: DeiT, AugReg, DINOv3 ViTs) through ViTDet's simple feature
+pyramid on the last block (:class:`ViTBackbone`).
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
+import json
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,9 +25,12 @@ from typing import Any
 import safetensors.torch
 import timm
 import torch
+import torch.nn.functional as F
 from safetensors import SafetensorError
 from timm.layers import LayerNorm2d
 from timm.models import get_pretrained_cfg, load_state_dict_from_hf, model_entrypoint
+from timm.models.eva import Eva
+from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from raybench.study.spec import BackboneSpec
@@ -66,14 +77,21 @@ _SHOWN_KEYS = 8
 OUTPUT_NORM_EPS = 1e-6
 
 
+#: ``timm.create_model`` arguments raybench sets itself: a study's ``timm_kwargs`` may not.
+RESERVED_TIMM_KWARGS: frozenset[str] = frozenset(
+    {"pretrained", "features_only", "out_indices", "drop_path_rate", "num_classes", "pretrained_cfg"}
+)
+
+
 def supports_output_norms(spec: BackboneSpec) -> bool:
     """Output norms exist for ConvNeXt (the official detection/segmentation backbones' ``norm{i}``)."""
     return spec.model_name.startswith("convnext")
 
 
 def backbone_problems(spec: BackboneSpec) -> list[tuple[str, str]]:
-    """Cheap (no model built) checks of a backbone entry: ``(key, message)`` pairs, for study
-    validation before any trial starts; :func:`build_backbone` raises on the same problems."""
+    """Cheap checks of a backbone entry (at most a shape-only model on the meta device, to know
+    its type): ``(key, message)`` pairs, for study validation before any trial starts;
+    :func:`build_backbone` raises on the same problems."""
     problems: list[tuple[str, str]] = []
     if spec.output_norms and not supports_output_norms(spec):
         problems.append(
@@ -84,6 +102,22 @@ def backbone_problems(spec: BackboneSpec) -> list[tuple[str, str]]:
                 "remove the key",
             )
         )
+    reserved = sorted(set(spec.timm_kwargs) & RESERVED_TIMM_KWARGS)
+    if reserved:
+        problems.append(
+            (
+                "timm_kwargs",
+                f"{', '.join(reserved)} set by raybench (out_indices, output_norms and the recipe's "
+                "drop_path are keys of their own): remove from timm_kwargs",
+            )
+        )
+        return problems
+    try:
+        adapter = adapter_for(spec)
+    except ValueError as exc:
+        problems.append(("timm_kwargs" if spec.timm_kwargs else "timm_name", str(exc)))
+        return problems
+    problems += adapter.problems(spec, model_info(spec))
     return problems
 
 
@@ -93,7 +127,8 @@ def output_norms_enabled(spec: BackboneSpec) -> bool:
 
 
 class Backbone(nn.Module):
-    """Four feature maps at strides 4/8/16/32 from a timm ``features_only`` model.
+    """Four feature maps at strides 4/8/16/32 from a timm ``features_only`` model (or, in a
+    subclass, from another kind of body: :class:`ViTBackbone`).
 
     ``output_norms=True`` adds a LayerNorm (channels-first, eps 1e-6) on each level, as the
     official ConvNeXt detection and segmentation backbones do before the neck (``norm{i}``;
@@ -114,13 +149,17 @@ class Backbone(nn.Module):
         std: tuple[float, ...],
         *,
         output_norms: bool = False,
+        channels: list[int] | None = None,
     ):
         super().__init__()
         self.body = body
         self.name = name
-        info = body.feature_info
-        self.channels: list[int] = list(info.channels())
-        self.strides: list[int] = list(info.reduction())
+        if channels is None:
+            info = body.feature_info
+            self.channels: list[int] = list(info.channels())
+            self.strides: list[int] = list(info.reduction())
+        else:  # a body that is not a features_only model says what it gives
+            self.channels, self.strides = list(channels), list(STRIDES)
         if tuple(self.strides) != STRIDES:
             raise ValueError(
                 f"backbone {name!r} gives strides {self.strides}; raybench needs {list(STRIDES)} "
@@ -151,16 +190,24 @@ class Backbone(nn.Module):
         """uint8-range images [B,3,H,W] -> normalised floats with the pretraining's mean/std."""
         return (images.float() - self.mean) / self.std
 
+    def body_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """What the pretrained body gives (no graph in the frozen regime: see :meth:`forward`)."""
+        return list(self.body(x))
+
+    def neck(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
+        """New (always trained) layers between the body and the decoder: the output norms."""
+        if self.out_norms is not None:
+            feats = [norm(f) for norm, f in zip(self.out_norms, feats)]
+        return feats
+
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Normalised images -> [C2, C3, C4, C5] feature maps."""
         if self.frozen:
             with torch.no_grad():
-                feats = list(self.body(x))
+                feats = self.body_features(x)
         else:
-            feats = list(self.body(x))
-        if self.out_norms is not None:
-            feats = [norm(f) for norm, f in zip(self.out_norms, feats)]
-        return feats
+            feats = self.body_features(x)
+        return self.neck(feats)
 
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
         return (p for p in self.parameters() if p.requires_grad)
@@ -175,6 +222,255 @@ class Backbone(nn.Module):
         return [f"out_norms.{n}" for n, _ in self.out_norms.named_parameters()]
 
 
+# ---------------------------------------------------------------------------------------
+# plain ViTs: ViTDet's simple feature pyramid on the last block
+
+#: ViTDet's ``out_channels`` of every pyramid level (``SimpleFeaturePyramid``, all configs).
+PYRAMID_CHANNELS = 256
+#: eps of Detectron2's channels-first ``LayerNorm`` (``get_norm("LN", c)``), ViTDet's pyramid norm.
+PYRAMID_NORM_EPS = 1e-6
+#: The patch size the pyramid's strides assume (the last block's map is stride 16).
+VIT_PATCH = 16
+
+
+def _conv_ln(in_channels: int, out_channels: int, kernel_size: int) -> list[nn.Module]:
+    """Detectron2's ``Conv2d(..., bias=False, norm=LN)``: a bias-free conv, then LayerNorm."""
+    return [
+        nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False),
+        LayerNorm2d(out_channels, eps=PYRAMID_NORM_EPS),
+    ]
+
+
+class SimpleFeaturePyramid(nn.Module):
+    """ViTDet's simple feature pyramid (Li et al. 2022; Detectron2 ``SimpleFeaturePyramid``,
+    ``scale_factors=(4.0, 2.0, 1.0, 0.5)``, ``norm="LN"``) from one stride-16 map of width
+    ``dim`` to four levels at strides 4/8/16/32, each ``channels`` wide:
+
+    - stride 4: deconv 2x2/2 to ``dim/2``, LayerNorm, GELU, deconv 2x2/2 to ``dim/4``;
+    - stride 8: deconv 2x2/2 to ``dim/2``;
+    - stride 16: the map itself;
+    - stride 32: max-pool 2x2/2;
+
+    each then a 1x1 conv and a 3x3 conv to ``channels``, both bias-free and followed by a
+    channels-first LayerNorm (eps 1e-6). PyTorch's default initialisation, as ViTDet (which
+    does not re-initialise the pyramid). Detectron2's ``top_block`` (P6) is not here: the
+    detectors' FPN adds it (``LastLevelMaxPool``), as for every backbone."""
+
+    def __init__(self, dim: int, channels: int = PYRAMID_CHANNELS) -> None:
+        super().__init__()
+        half, quarter = dim // 2, dim // 4
+        scales: list[tuple[list[nn.Module], int]] = [
+            (
+                [
+                    nn.ConvTranspose2d(dim, half, kernel_size=2, stride=2),
+                    LayerNorm2d(half, eps=PYRAMID_NORM_EPS),
+                    nn.GELU(),
+                    nn.ConvTranspose2d(half, quarter, kernel_size=2, stride=2),
+                ],
+                quarter,
+            ),
+            ([nn.ConvTranspose2d(dim, half, kernel_size=2, stride=2)], half),
+            ([], dim),
+            ([nn.MaxPool2d(kernel_size=2, stride=2)], dim),
+        ]
+        self.levels = nn.ModuleList(
+            nn.Sequential(*layers, *_conv_ln(width, channels, 1), *_conv_ln(channels, channels, 3))
+            for layers, width in scales
+        )
+        self.channels = channels
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """``[B, dim, H/16, W/16]`` -> maps at strides 4, 8, 16, 32."""
+        return [level(x) for level in self.levels]
+
+
+class ViTBackbone(Backbone):
+    """A plain ViT (timm ``VisionTransformer`` / ``Eva``) as four levels: the last block's
+    tokens (after the model's final norm) as a stride-16 map, then :class:`SimpleFeaturePyramid`.
+
+    - Input size: any. Images are padded at the bottom / right with 0.0 (= the mean colour,
+      after normalising) to a multiple of 32 (two patches), so each level is exactly the padded
+      size / its stride (the stride-32 max-pool needs an even token grid); position handling is
+      the model's own at that grid (``dynamic_img_size``: learned tables interpolated, RoPE
+      computed for the grid).
+    - The pyramid is new (no checkpoint holds it): it is head in both regimes, trained with
+      the decoder (:meth:`head_parameter_names`), as ViTDet gives it the decoder's learning
+      rate (its layer-decay rule's last id). Frozen, only the pyramid trains and the ViT
+      builds no autograd graph.
+    - The final norm: the model's own (pretrained) ``norm`` on the last block, as DINOv3's
+      dense evaluations read their features; ViTDet's MAE ViT has none.
+    """
+
+    def __init__(
+        self,
+        body: nn.Module,
+        name: str,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        *,
+        channels: int = PYRAMID_CHANNELS,
+    ) -> None:
+        super().__init__(body, name, mean, std, channels=[channels] * len(STRIDES))
+        self.pyramid = SimpleFeaturePyramid(int(body.embed_dim), channels)
+        self.pad_to = STRIDES[-1]
+
+    def body_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        pad_h, pad_w = (-x.shape[-2]) % self.pad_to, (-x.shape[-1]) % self.pad_to
+        if pad_h or pad_w:
+            x = F.pad(x, (0, pad_w, 0, pad_h))
+        return list(
+            self.body.forward_intermediates(
+                x, indices=1, norm=True, output_fmt="NCHW", intermediates_only=True
+            )
+        )
+
+    def neck(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
+        return self.pyramid(feats[-1])
+
+    def head_parameter_names(self) -> list[str]:
+        """The pyramid, in both regimes: new layers, trained as the decoder is."""
+        return [f"pyramid.{n}" for n, _ in self.pyramid.named_parameters()]
+
+
+# ---------------------------------------------------------------------------------------
+# adapters: how a timm model (by its class) becomes a Backbone
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the adapters need to know of a timm model before building it (from a shape-only
+    model on the meta device)."""
+
+    model_class: type
+    patch_size: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
+class BackboneAdapter:
+    """One family of timm models (``model_types``: their classes) made into a :class:`Backbone`.
+
+    - ``create_kwargs(spec)``: ``timm.create_model`` arguments of the body (the study's
+      ``timm_kwargs`` come first, these override);
+    - ``prepare(body)``: the body as its weights are loaded into it (e.g. classifier dropped);
+    - ``wrap(body, spec, mean, std)``: the :class:`Backbone`;
+    - ``problems(spec, info)``: ``(key, message)`` pairs for entries it cannot serve;
+    - ``ignored_file_keys``: classifier parts of its checkpoints it does not use (besides
+      :data:`IGNORED_FILE_KEYS`).
+    """
+
+    name: str
+    model_types: tuple[type, ...]
+    create_kwargs: Callable[[BackboneSpec], dict[str, Any]]
+    wrap: Callable[[nn.Module, BackboneSpec, tuple[float, ...], tuple[float, ...]], Backbone]
+    problems: Callable[[BackboneSpec, ModelInfo], list[tuple[str, str]]]
+    prepare: Callable[[nn.Module], nn.Module] = lambda body: body
+    ignored_file_keys: tuple[str, ...] = ()
+
+
+def _features_only_problems(spec: BackboneSpec, info: ModelInfo) -> list[tuple[str, str]]:
+    if spec.pyramid_channels is not None:
+        return [
+            (
+                "pyramid_channels",
+                "pyramid_channels applies to plain ViTs (ViTDet's simple feature pyramid); this "
+                "backbone gives its own 4 levels: remove the key",
+            )
+        ]
+    return []
+
+
+def _vit_problems(spec: BackboneSpec, info: ModelInfo) -> list[tuple[str, str]]:
+    problems = []
+    if spec.out_indices is not None:
+        problems.append(
+            (
+                "out_indices",
+                "a plain ViT gives the pyramid its last block (ViTDet); out_indices applies to "
+                "hierarchical (features_only) backbones: remove the key",
+            )
+        )
+    if info.patch_size is not None and tuple(info.patch_size) != (VIT_PATCH, VIT_PATCH):
+        problems.append(
+            (
+                "timm_name",
+                f"patch size {tuple(info.patch_size)}: raybench's ViT pyramid needs {VIT_PATCH}x{VIT_PATCH} "
+                f"patches (its last block is the stride-{VIT_PATCH} level of strides {list(STRIDES)})",
+            )
+        )
+    return problems
+
+
+def _vit_prepare(body: nn.Module) -> nn.Module:
+    """Drop the classifier and its pooling norm (never used, and an unused trainable parameter
+    would stop DistributedDataParallel); keep every block and the final norm."""
+    body.prune_intermediate_layers(indices=1, prune_norm=False, prune_head=True)
+    return body
+
+
+#: Hierarchical models (ConvNeXt, ResNet, ...): timm's ``features_only`` extractor. The
+#: fallback for any model no other adapter claims.
+FEATURES_ONLY = BackboneAdapter(
+    name="features_only",
+    model_types=(),
+    create_kwargs=lambda spec: {"features_only": True, "out_indices": spec.out_indices or (-4, -3, -2, -1)},
+    wrap=lambda body, spec, mean, std: Backbone(
+        body, spec.id, mean, std, output_norms=output_norms_enabled(spec)
+    ),
+    problems=_features_only_problems,
+)
+#: Plain ViTs: timm's ``VisionTransformer`` (DeiT, AugReg, ...) and ``Eva`` (DINOv3's ViTs,
+#: EVA): last block -> :class:`SimpleFeaturePyramid`.
+VIT = BackboneAdapter(
+    name="vit",
+    model_types=(VisionTransformer, Eva),
+    create_kwargs=lambda spec: {"num_classes": 0, "dynamic_img_size": True},
+    wrap=lambda body, spec, mean, std: ViTBackbone(
+        body, spec.id, mean, std, channels=spec.pyramid_channels or PYRAMID_CHANNELS
+    ),
+    problems=_vit_problems,
+    prepare=_vit_prepare,
+    ignored_file_keys=("fc_norm.", "attn_pool."),
+)
+#: Adapters tried in order (the first whose ``model_types`` the model is an instance of);
+#: :data:`FEATURES_ONLY` when none is.
+ADAPTERS: list[BackboneAdapter] = [VIT]
+
+
+def register_adapter(adapter: BackboneAdapter) -> BackboneAdapter:
+    """Serve another family of timm models (tried before the built-in ones)."""
+    ADAPTERS.insert(0, adapter)
+    return adapter
+
+
+@functools.lru_cache(maxsize=64)
+def _model_info(model_name: str, kwargs_json: str) -> ModelInfo:
+    kwargs = json.loads(kwargs_json)
+    try:
+        with torch.random.fork_rng(devices=[]), torch.device("meta"):
+            model = timm.create_model(model_name, pretrained=False, **kwargs)
+    except (RuntimeError, ValueError, TypeError, AssertionError) as exc:
+        given = f" with timm_kwargs {kwargs}" if kwargs else ""
+        raise ValueError(f"timm cannot create {model_name!r}{given}: {type(exc).__name__}: {exc}") from exc
+    patch = getattr(getattr(model, "patch_embed", None), "patch_size", None)
+    return ModelInfo(type(model), tuple(int(p) for p in patch) if patch is not None else None)
+
+
+def model_info(spec: BackboneSpec) -> ModelInfo:
+    """Class and patch size of the entry's timm model (cached; a shape-only model, no weights)."""
+    return _model_info(spec.model_name, json.dumps(spec.timm_kwargs, sort_keys=True, default=str))
+
+
+def adapter_for(spec: BackboneSpec) -> BackboneAdapter:
+    """The adapter serving the entry's timm model: keyed on the model's class."""
+    cls = model_info(spec).model_class
+    return next((a for a in ADAPTERS if issubclass(cls, a.model_types)), FEATURES_ONLY)
+
+
+def is_plain_vit(spec: BackboneSpec) -> bool:
+    """Whether the entry is served by the ViT pyramid (for docs and checks)."""
+    return adapter_for(spec) is VIT
+
+
 def resolve_timm_name(spec: BackboneSpec) -> str:
     """The timm id to create: the study's ``timm_name``, or a known arch + pretraining tag."""
     if "." in spec.timm_name or spec.arch not in KNOWN_BACKBONES:
@@ -184,8 +480,11 @@ def resolve_timm_name(spec: BackboneSpec) -> str:
     return f"{spec.timm_name}.{tag}" if tag else spec.timm_name
 
 
-def _body_kwargs(spec: BackboneSpec, drop_path_rate: float = 0.0) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {"features_only": True, "out_indices": spec.out_indices or (-4, -3, -2, -1)}
+def _body_kwargs(
+    spec: BackboneSpec, drop_path_rate: float = 0.0, adapter: BackboneAdapter | None = None
+) -> dict[str, Any]:
+    adapter = adapter or adapter_for(spec)
+    kwargs: dict[str, Any] = {**spec.timm_kwargs, **adapter.create_kwargs(spec)}
     if drop_path_rate > 0:
         kwargs["drop_path_rate"] = drop_path_rate
     return kwargs
@@ -246,6 +545,52 @@ def read_weights_file(path: Path, *, backbone_id: str = "?") -> dict[str, torch.
     return _as_state_dict(state, where)
 
 
+#: How long a process waits for another one on its node to finish downloading the same weights.
+DOWNLOAD_LOCK_TIMEOUT_S = 3600.0
+
+
+def download_lock_path(source: str) -> Path:
+    """The lock file of one weights source (``hf-hub:timm/...`` or a URL) in the Hugging Face
+    cache (``HF_HOME`` / ``HF_HUB_CACHE``), which every process of a node shares."""
+    import re
+
+    from huggingface_hub import constants
+
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "--", source).strip("-")[:150]
+    return Path(constants.HF_HUB_CACHE) / ".locks" / f"raybench--{name}.lock"
+
+
+@contextmanager
+def download_lock(source: str, timeout_s: float = DOWNLOAD_LOCK_TIMEOUT_S) -> Iterator[None]:
+    """Hold the node-wide lock of ``source`` while fetching it: N DDP workers on one node do not
+    download (or race on) the same checkpoint; the first fetches it into the cache, the others
+    wait here and then read it from the cache. Without a writable cache folder: no lock (each
+    process fetches, as before). The lock is an OS file lock: a process that dies releases it."""
+    from filelock import FileLock, Timeout
+
+    path = download_lock_path(source)
+    lock: FileLock | None = FileLock(str(path))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock.acquire(timeout=0)
+    except Timeout:
+        print(f"[raybench] waiting for another process on this node to download {source}", flush=True)
+        try:
+            lock.acquire(timeout=timeout_s)
+        except Timeout:
+            raise BackboneWeightsError(
+                f"waited {timeout_s:g} s for another process on this node to download {source} "
+                f"(lock {path}); if no download is running, delete that file"
+            ) from None
+    except OSError:  # a read-only cache: nothing to share, nothing to lock
+        lock = None
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.release()
+
+
 def _hub_state_dict(spec: BackboneSpec, timm_id: str) -> tuple[dict[str, torch.Tensor], str]:
     """The hub's state dict of ``timm_id`` (as timm would fetch it) and where it came from."""
     cfg = get_pretrained_cfg(timm_id)
@@ -253,15 +598,16 @@ def _hub_state_dict(spec: BackboneSpec, timm_id: str) -> tuple[dict[str, torch.T
     url = getattr(cfg, "url", None) if cfg is not None else None
     source = f"hf-hub:{hub_id}" if hub_id else (url or f"hf-hub:timm/{timm_id}")
     try:
-        if hub_id:
-            filename = getattr(cfg, "hf_hub_filename", None)
-            state: Any = (
-                load_state_dict_from_hf(hub_id, filename) if filename else load_state_dict_from_hf(hub_id)
-            )
-        elif url:
-            state = torch.hub.load_state_dict_from_url(url, map_location="cpu", weights_only=True)
-        else:
-            raise RuntimeError(f"timm has no pretrained weights for {timm_id!r}")
+        with download_lock(source):  # one download per node, however many workers ask
+            if hub_id:
+                filename = getattr(cfg, "hf_hub_filename", None)
+                state: Any = (
+                    load_state_dict_from_hf(hub_id, filename) if filename else load_state_dict_from_hf(hub_id)
+                )
+            elif url:
+                state = torch.hub.load_state_dict_from_url(url, map_location="cpu", weights_only=True)
+            else:
+                raise RuntimeError(f"timm has no pretrained weights for {timm_id!r}")
     except Exception as exc:  # noqa: BLE001 -- network / cache / format errors: all mean "no weights"
         raise BackboneWeightsError(
             f"could not load pretrained weights for backbone {spec.id!r} "
@@ -281,7 +627,12 @@ def _filter_fn(arch: str) -> Callable[..., Any] | None:
 
 
 def _fit_state_dict(
-    state: dict[str, torch.Tensor], body: nn.Module, spec: BackboneSpec, timm_id: str, source: str
+    state: dict[str, torch.Tensor],
+    body: nn.Module,
+    spec: BackboneSpec,
+    timm_id: str,
+    source: str,
+    ignored: tuple[str, ...] = (),
 ) -> dict[str, torch.Tensor]:
     """``state`` as a strict state dict of ``body``, or a :class:`BackboneWeightsError` naming
     ``source`` and every missing / unexpected key and shape mismatch.
@@ -290,7 +641,7 @@ def _fit_state_dict(
     checkpoint filter is applied against a shape-only (meta-device) full model, then each
     tensor of the feature extractor is matched to its full-model name."""
     with torch.device("meta"):
-        full = timm.create_model(timm_id, pretrained=False)
+        full = timm.create_model(timm_id, pretrained=False, **spec.timm_kwargs)
     full_keys = list(full.state_dict())
     note = ""
     filter_fn = _filter_fn(spec.model_name)
@@ -314,7 +665,7 @@ def _fit_state_dict(
         body_to_full[k] = match[0]
     needed = set(body_to_full.values())
     missing = [k for k in body_to_full.values() if k not in state and not k.endswith(IGNORED_MISSING_KEYS)]
-    unexpected = [k for k in state if k not in needed and not k.startswith(IGNORED_FILE_KEYS)]
+    unexpected = [k for k in state if k not in needed and not k.startswith(IGNORED_FILE_KEYS + ignored)]
     full_shapes = full.state_dict()
     shapes = [
         f"{k}: file {tuple(state[k].shape)}, model {tuple(full_shapes[k].shape)}"
@@ -333,7 +684,7 @@ def _fit_state_dict(
             f"backbone {spec.id!r}: {source} does not fit timm model {timm_id!r}{note}: "
             + "; ".join(parts)
             + ". Check that the file holds weights of this architecture (ignored: classifier keys "
-            f"{', '.join(p + '*' for p in IGNORED_FILE_KEYS)})."
+            f"{', '.join(p + '*' for p in IGNORED_FILE_KEYS + ignored)})."
         )
     return {bk: state[fk] for bk, fk in body_to_full.items() if fk in state}
 
@@ -363,10 +714,13 @@ def check_weights(spec: BackboneSpec) -> None:
     if not spec.weights:
         return
     timm_id = resolve_timm_name(spec)
+    adapter = adapter_for(spec)
     with torch.device("meta"):
-        body = timm.create_model(timm_id, pretrained=False, **_body_kwargs(spec))
+        body = adapter.prepare(
+            timm.create_model(timm_id, pretrained=False, **_body_kwargs(spec, adapter=adapter))
+        )
     state, source = read_weights_file(Path(spec.weights), backbone_id=spec.id), f"weights file {spec.weights}"
-    _fit_state_dict(state, body, spec, timm_id, source)
+    _fit_state_dict(state, body, spec, timm_id, source, adapter.ignored_file_keys)
 
 
 def build_backbone(spec: BackboneSpec, *, drop_path_rate: float = 0.0, frozen: bool = False) -> Backbone:
@@ -382,19 +736,22 @@ def build_backbone(spec: BackboneSpec, *, drop_path_rate: float = 0.0, frozen: b
         raise ValueError("; ".join(f"backbone {spec.id!r}: {key}: {message}" for key, message in problems))
     timm_id = resolve_timm_name(spec)
     loaded = _weights(spec, timm_id)  # first: an unreadable file fails before any model is built
+    adapter = adapter_for(spec)  # a shape-only model on the meta device; the RNG is not moved
     try:
-        body = timm.create_model(timm_id, pretrained=False, **_body_kwargs(spec, drop_path_rate))
-    except (RuntimeError, ValueError) as exc:
+        body = timm.create_model(timm_id, pretrained=False, **_body_kwargs(spec, drop_path_rate, adapter))
+    except (RuntimeError, ValueError, TypeError) as exc:
         raise ValueError(f"backbone {spec.id!r}: timm cannot create {timm_id!r}: {exc}") from exc
+    body = adapter.prepare(body)
     if loaded is not None:
         # The check builds a shape-only model; it must not move the global RNG (the decoder's
         # init after this is then the same whatever the weights' source).
         with torch.random.fork_rng(devices=[]):
-            _load_into(body, _fit_state_dict(loaded[0], body, spec, timm_id, loaded[1]))
+            fitted = _fit_state_dict(loaded[0], body, spec, timm_id, loaded[1], adapter.ignored_file_keys)
+            _load_into(body, fitted)
     cfg = getattr(body, "pretrained_cfg", {}) or {}
     mean = tuple(cfg.get("mean", (0.485, 0.456, 0.406)))
     std = tuple(cfg.get("std", (0.229, 0.224, 0.225)))
-    backbone = Backbone(body, spec.id, mean, std, output_norms=output_norms_enabled(spec))
+    backbone = adapter.wrap(body, spec, mean, std)
     if frozen:
         backbone.freeze()
     return backbone

@@ -73,7 +73,9 @@ def cmd_grid(args: argparse.Namespace) -> int:
     driver = f"{s.driver_cpus:g} driver CPU" + ("" if s.driver_cpus == 1 else "s")
     print(
         f"\n{len(trials)} trials ({len(study.rows)} rows x {len(study.datasets)} datasets x "
-        f"{len(study.seeds)} seeds); each needs {driver} + {_resources(trials[0])}; "
+        f"{len(study.seeds)} seeds"
+        + (f" x {len(study.train_fractions)} train fractions" if len(study.train_fractions) > 1 else "")
+        + f"); each needs {driver} + {_resources(trials[0])}; "
         f"{gpus:g} GPUs to run all at once."
     )
     if args.dry_run:
@@ -96,6 +98,50 @@ def _add_grid(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_grid)
 
 
+def cmd_preflight(args: argparse.Namespace) -> int:
+    """Load the study (grid's checks where the data is visible), then the pre-flight checks."""
+    from raybench.errors import UserInputError
+    from raybench.preflight import preflight
+    from raybench.sweep.layout import ExperimentLayout
+
+    if args.sample < 0:
+        raise UserInputError(f"--sample must be >= 0 (images decoded per split), got {args.sample}")
+    # Schema, option values, meta-built backbones here; everything on disk is the pre-flight's,
+    # so one report lists every problem (grid's trial-start checks give YAML lines for some).
+    study = load_study(args.study, dry_run=True)
+    trials = study.select(args.only)
+    storage = None
+    if args.storage:
+        storage = ExperimentLayout.create(args.storage, args.experiment or study.name).root
+    mode = "local"
+    if args.address or args.remote:
+        from raybench.sweep.runner import SweepOptions, connect
+
+        mode = connect(SweepOptions(address=args.address))
+    preflight(study, trials, storage, mode=mode, sample=args.sample, remote=True if args.remote else None)
+    return 0
+
+
+def _add_preflight(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "preflight",
+        help="check what a study's trials will read and write before they start",
+        description="Check STUDY's datasets (root, annotations, split counts, a sample of images), "
+        "backbone weights (files fit; hub ids reachable with HF_TOKEN), storage and W&B, and report "
+        "every problem at once (docs/preflight.md). `raybench run` runs it first.",
+    )
+    p.add_argument("study", help="study YAML file")
+    p.add_argument("--only", help="glob pattern(s) over trial names, comma-separated")
+    p.add_argument("--storage", help="experiment storage to probe (a folder or s3:// / gs:// URI)")
+    p.add_argument("--experiment", help="experiment name under --storage (default: the study's name)")
+    p.add_argument("--address", help="Ray cluster to join (checks run on a worker node when needed)")
+    p.add_argument(
+        "--remote", action="store_true", help="run the checks as a Ray task on a worker node, always"
+    )
+    p.add_argument("--sample", type=int, default=8, help="images decoded per split (default 8)")
+    p.set_defaults(func=cmd_preflight)
+
+
 # Commands contributed by the other packages: (module, function adding the sub-parser).
 _PLUGINS: tuple[tuple[str, str], ...] = (
     ("raybench.data.cli", "add_data_commands"),
@@ -113,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_grid(sub)
+    _add_preflight(sub)
     import importlib
 
     for module_name, fn_name in _PLUGINS:

@@ -14,6 +14,7 @@ import uuid
 from pathlib import Path
 
 from raybench.errors import StorageError, UserInputError
+from raybench.storage import is_uri, resolve
 
 #: How long the storage probe waits for an answer (an unreachable endpoint, a hanging mount).
 PROBE_TIMEOUT_S = 60.0
@@ -47,8 +48,6 @@ def probe_folder(folder: Path, error: type[UserInputError] = StorageError, what:
 
 
 def _probe_remote(location: str) -> None:
-    from raybench.results.store import resolve
-
     fs, path = resolve(location)
     probe = f"{path}/.raybench-probe-{uuid.uuid4().hex[:12]}"
     with fs.open_output_stream(probe) as f:
@@ -71,7 +70,7 @@ def check_storage(location: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
 
     def run() -> None:
         try:
-            if "://" in location:
+            if is_uri(location):
                 _probe_remote(location)
             else:
                 probe_folder(Path(location))

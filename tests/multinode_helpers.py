@@ -244,6 +244,7 @@ def autoscaling_config(path: Path, head_cpus: int, port: int) -> dict[str, Any]:
             "type": "fake_multinode",
             "gcs_address": f"127.0.0.1:{port}",
             "disable_launch_config_check": True,
+            "disable_node_updaters": True,  # nothing to set up: without it every launch "fails"
             # every fake node is at 127.0.0.1: the monitor must tell them apart by node id
             "use_node_id_as_ip": True,
         },
@@ -251,7 +252,8 @@ def autoscaling_config(path: Path, head_cpus: int, port: int) -> dict[str, Any]:
         "available_node_types": {
             "ray.head.default": {"resources": {"CPU": head_cpus}, "node_config": {}, "max_workers": 0},
             "fake_gpu_node": {
-                "resources": {"CPU": 2, RESOURCE: 1},  # a train worker + a trial driver
+                # a train worker + a trial driver; a small object store (memory is shared)
+                "resources": {"CPU": 2, RESOURCE: 1, "object_store_memory": 150 * 1024**2},
                 "node_config": {},
                 "min_workers": 0,
                 "max_workers": 2,
@@ -327,6 +329,9 @@ def autoscale(study: str, storage: str, experiment: str, report: dict[str, Any])
                 if n["id"] not in seen and added_at is None:
                     added_at = round(time.monotonic() - t0, 1)
                 seen.setdefault(n["id"], n["resources"])
+            launched = [n for n in ray.nodes() if "node:__internal_head__" not in n["Resources"]]
+            if len(launched) > 4:  # max_workers is 2: the autoscaler is replacing failed launches
+                raise RuntimeError(f"the autoscaler launched {len(launched)} nodes (max_workers 2)")
             if time.monotonic() - t0 > 600:
                 raise TimeoutError("the grid did not finish within 600 s")
             time.sleep(1.0)
@@ -334,9 +339,9 @@ def autoscale(study: str, storage: str, experiment: str, report: dict[str, Any])
         report["grid_s"] = round(time.monotonic() - t0, 1)
         report["first_node_added_s"] = added_at
         report["nodes_added"] = len(seen)
-        report["added_node_resources"] = sorted(
-            {k: v for k, v in r.items() if k in ("CPU", RESOURCE)}.items() for r in seen.values()
-        )
+        report["added_node_resources"] = [
+            sorted([k, v] for k, v in r.items() if k in ("CPU", RESOURCE)) for r in seen.values()
+        ]
         # Idle nodes go back after idle_timeout_minutes (6 s here).
         try:
             wait(lambda: not worker_nodes(), 90, "idle nodes to be removed", every=2.0)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
+import yaml
 
 from raybench.cli import build_parser, main
 from raybench.engine import read_metrics
+from raybench.study import load_study
 
 TRIAL = "gdxray-convnext_t-supervised-full-s42"
 
@@ -15,20 +15,28 @@ TRIAL = "gdxray-convnext_t-supervised-full-s42"
 # The smoke data has only some of the paper's GDXray validation series (the loader warns).
 @pytest.mark.filterwarnings("ignore:gdxray")
 def test_train_command_writes_metrics_and_checkpoints(repo_root, tmp_path, capsys):
-    # A copy of the smoke study: its relative data roots then point into tmp_path.
+    # A copy of the smoke study: its relative data roots then point into tmp_path. Its
+    # detection recipe cut to 6 iterations (the smoke trial's 120 are for learning, this
+    # test checks the command's outputs).
     study = tmp_path / "experiments" / "smoke.yaml"
     study.parent.mkdir()
-    shutil.copy(repo_root / "experiments" / "smoke.yaml", study)
+    data = yaml.safe_load((repo_root / "experiments" / "smoke.yaml").read_text())
+    data["recipes"]["detectron2"]["schedule"]["iterations"] = 6
+    data["recipes"]["detectron2"].update(eval_period=3, checkpoint_period=3, log_period=2)
+    study.write_text(yaml.safe_dump(data, sort_keys=False))
     out = tmp_path / "run"
+    recipe = load_study(study, dry_run=True).trial(TRIAL).recipe
+    n, period = recipe.schedule.iterations, recipe.eval_period
     assert main(["train", str(study), "--trial", TRIAL, "--out", str(out)]) == 0
     records = read_metrics(out / "metrics.jsonl")
-    assert records[-1]["iter"] == 6
+    assert records[-1]["iter"] == n
     assert {"train/loss", "train/loss_classifier", "lr", "epoch", "imgs_per_s"} <= records[-1].keys()
-    assert "val/box_AP50" in records[-1] and "val/box_AP50" in records[1]  # eval at 3 and 6
-    assert (out / "checkpoints" / "iter_0000006" / "state.pt").is_file()
+    evals = [r["iter"] for r in records if "val/box_AP50" in r]
+    assert evals == sorted({*range(period, n + 1, period), n})  # every eval_period and at the end
+    assert (out / "checkpoints" / f"iter_{n:07d}" / "state.pt").is_file()
     assert (tmp_path / "data" / "smoke" / "gdxray" / "Castings").is_dir()
     printed = capsys.readouterr().out
-    assert "iter 6/6" in printed and '"val/box_AP50"' in printed
+    assert f"iter {n}/{n}" in printed and '"val/box_AP50"' in printed
     # --resume on a finished run trains nothing.
     assert main(["train", str(study), "--trial", TRIAL, "--out", str(out), "--resume"]) == 0
     assert "already trained" in capsys.readouterr().out

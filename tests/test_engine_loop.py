@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import threading
 from pathlib import Path
@@ -387,3 +388,30 @@ def test_synthetic_root_written_once_under_a_race(repo_root, tmp_path):
     assert not errors
     assert [p.name for p in tmp_path.iterdir()] == ["gdxray"]  # no temporary folder left
     assert (tmp_path / "gdxray" / "Castings").is_dir()
+
+
+def test_stale_synthetic_data_is_replaced_and_user_data_never_touched(repo_root, tmp_path):
+    """A synthetic root written with other parameters (an older study) is rewritten, not
+    silently trained on; a root without the synth marker (real data) is left alone."""
+    from raybench.data.synth import MARKER
+
+    study = load_study(repo_root / "experiments" / "smoke.yaml", dry_run=True)
+    base = study.trial("gdxray-resnet50_gn-supervised-full-s42").dataset
+    old = dataclasses.replace(base, root=str(tmp_path / "gdxray"), synthetic=SynthSpec(images=4, size=32))
+    root = ensure_dataset(old)
+    first = json.loads((root / MARKER).read_text())
+    assert first["images"] == 4 and "object_scale" not in first
+    stamp = (root / MARKER).stat().st_mtime_ns
+    ensure_dataset(old)  # same parameters: kept as is
+    assert (root / MARKER).stat().st_mtime_ns == stamp
+    new = dataclasses.replace(old, synthetic=SynthSpec(images=6, size=32, object_scale=2.0))
+    ensure_dataset(new)
+    second = json.loads((root / MARKER).read_text())
+    assert second["images"] == 6 and second["object_scale"] == 2.0
+    assert len(list((root / "Castings").rglob("*.png"))) == 6
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".gdxray.")]  # no leftovers
+    user = tmp_path / "user"
+    (user / "Castings").mkdir(parents=True)
+    (user / "Castings" / "keep.txt").write_text("mine")
+    ensure_dataset(dataclasses.replace(new, root=str(user)))
+    assert [p.name for p in user.rglob("*") if p.is_file()] == ["keep.txt"]

@@ -8,8 +8,11 @@ in the session's shared Ray; storage is one shared folder, as a cluster's shared
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -22,8 +25,10 @@ from raybench.study import StudyError, load_study
 from raybench.sweep.runner import max_concurrency
 
 try:
+    from tests.multinode_helpers import descendants
     from tests.sweep_helpers import tiny_study
 except ImportError:  # tests/ not a package
+    from multinode_helpers import descendants
     from sweep_helpers import tiny_study
 
 HELPER = Path(__file__).with_name("multinode_helpers.py")
@@ -48,13 +53,25 @@ def _study(tmp: Path, name: str, *, long_iterations: int | None = 12, **scaling)
 def _drill(kind: str, study: Path, storage: Path, name: str, timeout: float) -> dict:
     out = storage.parent / f"{kind}.json"
     cmd = [sys.executable, str(HELPER), kind, "--study", str(study), "--storage", str(storage)]
-    proc = subprocess.run(
-        [*cmd, "--experiment", name, "--out", str(out)], capture_output=True, text=True, timeout=timeout
+    proc = subprocess.Popen(
+        [*cmd, "--experiment", name, "--out", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
+    try:
+        _, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        # End the drill and every process it started (its Ray nodes), nothing else.
+        for pid in [proc.pid, *descendants(proc.pid)]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        _, stderr = proc.communicate()
+        stderr += f"\n[test] the drill ran past {timeout:g} s and was killed"
     report = json.loads(out.read_text()) if out.is_file() else {}
     log = Path(report["log"]).read_text() if report.get("log") and Path(report["log"]).is_file() else ""
     assert proc.returncode == 0 and "error" not in report, (
-        f"{kind} drill failed: {report.get('error')}\n--- drill stderr ---\n{proc.stderr[-4000:]}\n"
+        f"{kind} drill failed: {report.get('error')}\n--- drill stderr ---\n{stderr[-4000:]}\n"
         f"--- run_grid.py ---\n{log[-6000:]}"
     )
     report["log_text"] = log

@@ -108,7 +108,8 @@ def test_smoke_study_has_the_same_20_trials():
     study = load_study(SMOKE, dry_run=True)
     assert {t.name for t in study.trials} == EXPECTED_PAPER_NAMES
     assert all(not t.backbone.pretrained for t in study.trials)
-    assert all(t.recipe.schedule.iterations <= 10 for t in study.trials)
+    # toy scale: tens of iterations (enough for the full fine-tuning cells to learn), not 90k
+    assert all(t.recipe.schedule.iterations <= 200 for t in study.trials)
 
 
 def test_cli_dry_run_lists_20_trials(capsys):

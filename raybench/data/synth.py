@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import uuid
 import math
 import shutil
 from collections.abc import Callable
@@ -475,7 +477,12 @@ def _casting(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
 
 
 def synth_gdxray(
-    out: Path, images: int, size: int, rng: np.random.Generator, object_scale: float = 1.0
+    out: Path,
+    images: int,
+    size: int,
+    rng: np.random.Generator,
+    object_scale: float = 1.0,
+    contrast: float = 1.0,
 ) -> None:
     h, w = size, round(size * 768 / 572)
     n_val = max(1, round(images * 0.3))
@@ -504,7 +511,8 @@ def synth_gdxray(
             m, d = new_mask(h, w)
             ellipse(d, cy, cx, r * rng.uniform(0.7, 1.0), r)
             mask = as_bool(m.filter(ImageFilter.GaussianBlur(0.3 * r)))
-            blend(img, mask, img + (38 if rng.random() < 0.75 else -38))  # pores: less material
+            step = 38 * contrast  # pores: less material, brighter (a quarter: inclusions, darker)
+            blend(img, mask, img + (step if rng.random() < 0.75 else -step))
             x1, x2, y1, y2 = cx - r - 1, cx + r + 1, cy - r - 1, cy + r + 1
             if series % 2 == 0:
                 y1, y2 = y2, y1  # some series store y swapped (normalised by the loader)
@@ -684,7 +692,9 @@ def synthesize(
     cannot learn in a few iterations; the smoke study sets a larger scale, the throughput
     benchmark keeps 1. Same ``object_scale`` = same output; 1 reproduces earlier datasets.
 
-    Options: ``severstal``: ``csv_format="current"|"old"``. The result is readable by
+    Options: ``severstal``: ``csv_format="current"|"old"``; ``gdxray``: ``contrast`` (times the
+    pores' grey-value step, 1 = the default look; the smoke study raises it so a random-init
+    detector tells pores from the casting's smooth thickness variations). The result is readable by
     ``build_dataset(name, out_dir, split)`` for both splits (RarePlanes with
     ``unmapped="skip"``: it holds military roles). ``out_dir`` must be new, empty, or
     written by an earlier call (it is then cleared).
@@ -692,7 +702,7 @@ def synthesize(
     if name not in SYNTHESIZERS:
         raise ValueError(f"no synthesizer for {name!r}; known: {', '.join(sorted(SYNTHESIZERS))}")
     _check(name, images)
-    allowed = {"severstal": {"csv_format"}}.get(name, set())
+    allowed = {"severstal": {"csv_format"}, "gdxray": {"contrast"}}.get(name, set())
     unknown = sorted(set(options) - allowed)
     if unknown:
         raise ValueError(f"unknown synth option(s) for {name!r}: {', '.join(unknown)}")
@@ -702,9 +712,73 @@ def synthesize(
     scale = _object_scale(object_scale)
     out = Path(out_dir)
     _prepare_out(out)
-    record = {"name": name, "images": int(images), "size": size, "seed": seed, "options": options}
-    if scale != 1.0:  # (absent = 1: markers of earlier datasets stay valid)
-        record["object_scale"] = scale
-    (out / MARKER).write_text(json.dumps(record, sort_keys=True) + "\n")
+    (out / MARKER).write_text(
+        json.dumps(_record(name, images, size, seed, scale, options), sort_keys=True) + "\n"
+    )
     SYNTHESIZERS[name](out, int(images), size, np.random.default_rng(seed), object_scale=scale, **options)
     return out
+
+
+def _record(
+    name: str, images: int, size: int, seed: int, scale: float, options: dict[str, Any]
+) -> dict[str, Any]:
+    """What the marker file says about the data (absent ``object_scale`` = 1: older markers stay valid)."""
+    record = {"name": name, "images": int(images), "size": int(size), "seed": seed, "options": dict(options)}
+    if scale != 1.0:
+        record["object_scale"] = scale
+    return record
+
+
+def synthetic_is_current(root: Path, name: str, spec: Any) -> bool:
+    """Whether ``root`` holds exactly the synthetic data ``spec`` (a study's ``synthetic:``
+    block) asks for: its marker file records the same parameters."""
+    try:
+        written = json.loads((root / MARKER).read_text())
+    except (OSError, ValueError):
+        return False
+    size = DEFAULT_SIZE[name] if spec.size is None else int(spec.size)
+    wanted = _record(name, spec.images, size, spec.seed, float(spec.object_scale), dict(spec.options))
+    return written == wanted
+
+
+def ensure_synthetic(root: str | Path, name: str, spec: Any) -> bool:
+    """Write the synthetic dataset a study's ``synthetic:`` block asks for at ``root`` unless it
+    is already there; returns whether data was written.
+
+    A root written by an earlier ``synthesize`` with other parameters (an older study, another
+    ``object_scale``) is replaced: training on stale synthetic data would be silent. A root
+    without the marker (real or user data) is never touched. The data is written to a private
+    temporary folder and renamed into place, so a reader never sees a partial root and
+    concurrent writers (several trials) do not collide.
+    """
+    root = Path(root)
+    if root.exists() and (not (root / MARKER).is_file() or synthetic_is_current(root, name, spec)):
+        return False
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp = root.parent / f".{root.name}.tmp-{tag}"
+    old = root.parent / f".{root.name}.old-{tag}"
+    try:
+        synthesize(
+            name,
+            tmp,
+            images=spec.images,
+            size=spec.size,
+            seed=spec.seed,
+            object_scale=spec.object_scale,
+            **spec.options,
+        )
+        if root.exists():
+            try:
+                os.rename(root, old)  # a stale synthetic copy (checked above)
+            except OSError:
+                pass  # another writer moved it first
+        try:
+            os.rename(tmp, root)
+        except OSError:
+            if not root.exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+    return True

@@ -462,6 +462,20 @@ class ColorAugSSD:
 M2F_IMAGE_PAD = 128
 
 
+def _pad_bottom_right(
+    image: torch.Tensor, target: Target, ph: int, pw: int, fill: int, seg_fill: int
+) -> tuple[torch.Tensor, Target]:
+    """Pad ``ph`` rows and ``pw`` columns at the bottom/right: the image with ``fill``,
+    ``sem_seg`` with ``seg_fill`` (ignore), instance masks with 0 (the pad is in no object)."""
+    target = dict(target)
+    image = nnf.pad(image, (0, pw, 0, ph), value=fill)
+    if "sem_seg" in target:
+        target["sem_seg"] = nnf.pad(target["sem_seg"], (0, pw, 0, ph), value=seg_fill)
+    if "masks" in target:
+        target["masks"] = nnf.pad(target["masks"], (0, pw, 0, ph), value=0)
+    return image, target
+
+
 class PadToSize:
     """Pad bottom/right up to ``size`` (H, W): image with ``fill``, ``sem_seg`` with ``seg_fill``.
 
@@ -478,13 +492,7 @@ class PadToSize:
         ph, pw = max(0, self.size[0] - h), max(0, self.size[1] - w)
         if not ph and not pw:
             return image, target
-        target = dict(target)
-        image = nnf.pad(image, (0, pw, 0, ph), value=self.fill)
-        if "sem_seg" in target:
-            target["sem_seg"] = nnf.pad(target["sem_seg"], (0, pw, 0, ph), value=self.seg_fill)
-        if "masks" in target:
-            target["masks"] = nnf.pad(target["masks"], (0, pw, 0, ph), value=0)
-        return image, target
+        return _pad_bottom_right(image, target, ph, pw, self.fill, self.seg_fill)
 
     def __repr__(self) -> str:
         return f"PadToSize(size={self.size}, fill={self.fill}, seg_fill={self.seg_fill})"
@@ -501,13 +509,7 @@ class PadToDivisible:
         ph, pw = (-h) % self.divisor, (-w) % self.divisor
         if not ph and not pw:
             return image, target
-        target = dict(target)
-        image = nnf.pad(image, (0, pw, 0, ph), value=self.fill)
-        if "sem_seg" in target:
-            target["sem_seg"] = nnf.pad(target["sem_seg"], (0, pw, 0, ph), value=self.seg_fill)
-        if "masks" in target:
-            target["masks"] = nnf.pad(target["masks"], (0, pw, 0, ph), value=0)
-        return image, target
+        return _pad_bottom_right(image, target, ph, pw, self.fill, self.seg_fill)
 
     def __repr__(self) -> str:
         return f"PadToDivisible(divisor={self.divisor})"

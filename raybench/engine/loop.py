@@ -18,7 +18,7 @@ import math
 import shutil
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,7 @@ from raybench.engine.data import (
     Shard,
     StreamBatchSampler,
     ensure_dataset,
+    fraction_subset,
     seed_worker,
 )
 from raybench.engine.distributed import (
@@ -78,6 +79,10 @@ from raybench.tasks import DatasetMeta, Task, build_task
 METRICS_FILE = "metrics.jsonl"
 #: Checkpoints kept on disk (the newest ones); Ray keeps its own copies.
 KEEP_CHECKPOINTS = 2
+#: The first iterations of a run (fresh or resumed) in which an out-of-memory error halves the
+#: micro-batch instead of failing the trial: iteration 1 allocates activations and gradients,
+#: iteration 2 the optimizer state, after that memory use is steady.
+OOM_PROBE_ITERS = 3
 
 
 class _Meters:
@@ -147,6 +152,47 @@ def _format_eta(seconds: float) -> str:
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
+def oom_fallback_enabled(trial: TrialSpec, device: torch.device) -> bool:
+    """Whether an out-of-memory error in an early iteration halves the micro-batch (and doubles
+    accumulation) instead of failing: ``scaling.max_batch_per_worker: auto``, and always on CUDA
+    (the GPU the autoscaler hands out may be smaller than the one the study was sized on)."""
+    return trial.scaling.max_batch_per_worker == "auto" or device.type == "cuda"
+
+
+def _split(trial: TrialSpec, world: World, cap: int | None = None) -> tuple[int, int]:
+    """(micro-batch, accumulation) of this world, with the micro-batch capped at ``cap``."""
+    scaling = dataclasses.replace(trial.scaling, workers=world.size)
+    if cap is not None:
+        scaling = dataclasses.replace(scaling, max_batch_per_worker=cap)
+    return scaling.per_worker_batch(trial.recipe.batch_size)
+
+
+def all_reduce_gradients(params: list[nn.Parameter], device: torch.device) -> None:
+    """Average the gradients over the workers as DistributedDataParallel does (each divided by
+    the world size, then summed), for an iteration run under ``no_sync`` (the OOM guard).
+    A parameter without a gradient on some worker counts zeros there; one without a gradient on
+    every worker keeps none (as DDP leaves globally unused parameters)."""
+    import torch.distributed as dist
+
+    size = dist.get_world_size()
+    has = torch.tensor([p.grad is not None for p in params], dtype=torch.int32, device=device)
+    dist.all_reduce(has, op=dist.ReduceOp.MAX)
+    for p, any_has in zip(params, has.tolist()):
+        if not any_has:
+            continue
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        p.grad.div_(size)
+        dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+
+
+def _batch_choice(reporter: Reporter | None, info: dict[str, Any]) -> None:
+    """Tell the reporter's optional ``batch_choice(info)`` (Ray: status.json and W&B config)."""
+    fn = getattr(reporter, "batch_choice", None)
+    if callable(fn):
+        fn(dict(info))
+
+
 def training_amp_dtype(amp: bool, device: torch.device) -> torch.dtype | None:
     """The autocast dtype of the *training* step: bf16 (fp16 + loss scaling where the GPU has
     no bf16) on CUDA when the recipe asks for AMP; None (fp32) otherwise, and on CPU."""
@@ -199,6 +245,7 @@ def train(
     device: torch.device | str | None = None,
     datasets: Mapping[str, Any] | None = None,
     verbose: bool = True,
+    task_wrapper: Callable[[Task], Task] | None = None,
 ) -> dict[str, float]:
     """Train ``trial`` to its last iteration; returns the final metrics.
 
@@ -211,6 +258,8 @@ def train(
       process group the model is wrapped in DistributedDataParallel.
     - ``datasets``: ``{"train": ..., "val": ...}`` built elsewhere (with ``transforms=None``;
       the task's transforms are applied here), instead of the trial's own.
+    - ``task_wrapper``: wraps the trial's task before use (the sweep's NaN drill,
+      ``raybench.sweep.drills``); None: the task as built.
     """
     out_dir = Path(out_dir)
     world = world or World.current()
@@ -221,7 +270,8 @@ def train(
             f"{trial.name}: global batch {global_batch} does not split over {world.size} workers; "
             "choose a worker count that divides it"
         )
-    micro, accum = dataclasses.replace(trial.scaling, workers=world.size).per_worker_batch(global_batch)
+    micro, accum = _split(trial, world)
+    planned_micro = micro  # as the study configures it; the OOM fallback may lower `micro`
     device = torch.device(device) if device is not None else default_device(trial, world)
     main = world.is_main
 
@@ -242,10 +292,13 @@ def train(
     # Model and optimizer: every worker builds the same initial weights from the same seed.
     seed_everything(trial.seed)
     task = build_task(trial)
+    if task_wrapper is not None:
+        task = task_wrapper(task)
     if datasets is not None:
         train_set, val_set = datasets["train"], datasets["val"]
     else:
         train_set, val_set = build_datasets(trial)
+    train_set = fraction_subset(train_set, trial.train_fraction, trial.seed)  # label-efficiency axis
     meta = DatasetMeta.of(train_set)
     configure_backends(device, autotune=task.cudnn_autotune())
     model = task.build_model(meta)
@@ -307,6 +360,23 @@ def train(
     def final_metrics(done: int) -> dict[str, float]:
         return {"iter": done, "epoch": stream.epoch(done), **last_train, **last_val}
 
+    adaptive = oom_fallback_enabled(trial, device)
+    reused = state.get("oom_micro_batch") if state is not None else None
+    if adaptive and isinstance(reused, int) and 0 < reused < micro:
+        # The run this checkpoint came from ran out of memory at a larger micro-batch: keep its
+        # choice (same global batch and data order; no second OOM to find it again).
+        micro, accum = _split(trial, world, reused)
+        log(f"micro-batch {micro} x {accum} accumulation steps, as chosen before this resume (out of memory)")
+        _batch_choice(
+            reporter,
+            {
+                "micro_batch": micro,
+                "accum": accum,
+                "configured_micro_batch": planned_micro,
+                "reason": "chosen before this resume (out of memory)",
+            },
+        )
+
     stream = GlobalBatchStream(len(train_set), global_batch, trial.seed)
     if start >= total:
         log(f"already trained ({start}/{total} iterations)")
@@ -322,25 +392,35 @@ def train(
         )
 
     generator = torch.Generator()
-    train_loader = DataLoader(
-        SeededItems(train_set, task.transforms("train", generator), generator, trial.seed),
-        batch_sampler=StreamBatchSampler(
-            stream, start, total, world.rank, world.size, accum, trace=BatchTrace.from_env(world.rank)
-        ),
-        collate_fn=task.collate,
-        worker_init_fn=seed_worker,
-        generator=torch.Generator().manual_seed(_derived_seed(trial.seed, world.rank, start)),
-        **loader_options(recipe.loader_workers, device),
-    )
-    val_loader = DataLoader(
-        Shard(val_set, world.rank, world.size, task.transforms("val", torch.Generator())),
-        batch_size=micro,
-        shuffle=False,
-        collate_fn=task.collate,
-        worker_init_fn=seed_worker,
-        generator=torch.Generator().manual_seed(trial.seed),
-        **loader_options(recipe.loader_workers, device),
-    )
+    train_items = SeededItems(train_set, task.transforms("train", generator), generator, trial.seed)
+
+    def train_loader_from(first: int, accum: int) -> DataLoader:
+        """Micro-batches of iterations ``first..total-1``: a pure function of the iteration
+        (stream positions, per-sample seeds), so a loader rebuilt at any iteration continues
+        the same data."""
+        return DataLoader(
+            train_items,
+            batch_sampler=StreamBatchSampler(
+                stream, first, total, world.rank, world.size, accum, trace=BatchTrace.from_env(world.rank)
+            ),
+            collate_fn=task.collate,
+            worker_init_fn=seed_worker,
+            generator=torch.Generator().manual_seed(_derived_seed(trial.seed, world.rank, first)),
+            **loader_options(recipe.loader_workers, device),
+        )
+
+    def val_loader_of(micro: int) -> DataLoader:
+        return DataLoader(
+            Shard(val_set, world.rank, world.size, task.transforms("val", torch.Generator())),
+            batch_size=micro,
+            shuffle=False,
+            collate_fn=task.collate,
+            worker_init_fn=seed_worker,
+            generator=torch.Generator().manual_seed(trial.seed),
+            **loader_options(recipe.loader_workers, device),
+        )
+
+    train_loader, val_loader = train_loader_from(start, accum), val_loader_of(micro)
 
     trainable = [p for p in model.parameters() if p.requires_grad]
     n_all = sum(p.numel() for p in model.parameters())
@@ -355,21 +435,19 @@ def train(
     fast += [f"AMP {str(amp_dtype).removeprefix('torch.')}"] if amp else []
     log("; ".join([*fast, f"losses read back every {recipe.sync_period} iteration(s)"]))
 
-    data_iter = iter(train_loader)
-    window_start, window_iters = time.perf_counter(), 0
-    done = start
-    pending = LossBuffer(recipe.sync_period)
-    for it in range(start, total):
-        net.train()
-        lr_now = recipe.optimizer.lr * factor(it)
-        optimizer.zero_grad(set_to_none=True)
-        terms: torch.Tensor | None = None  # this iteration's loss terms, weighted, on the device
+    def micro_batches(data_iter: Any, accum: int, sync: bool) -> tuple[list[str], torch.Tensor]:
+        """Forward + backward of one iteration's ``accum`` micro-batches; returns the loss term
+        names and the terms (weighted, on the device). ``sync``: DDP reduces the gradients in
+        the last backward (else every backward is ``no_sync`` and the caller reduces them)."""
+        terms: torch.Tensor | None = None
+        names: list[str] = []
+        ddp = isinstance(net, DistributedDataParallel)
         for m in range(accum):
             batch = next(data_iter)
             n = task.batch_size(batch)
             batch = task.to_device(batch, device)
             last = m == accum - 1
-            no_sync = net.no_sync() if isinstance(net, DistributedDataParallel) and not last else None
+            no_sync = net.no_sync() if ddp and not (last and sync) else None
             # This micro-batch's share of the global batch; x world size because
             # DistributedDataParallel averages gradients over the workers.
             share = n * world.size / global_batch
@@ -380,6 +458,68 @@ def train(
                 (scaler.scale(loss) if scaler is not None else loss).backward()
             values = torch.stack([v.detach().to(torch.float64) for v in losses.values()]) * share
             terms = values if terms is None else terms + values
+            names = list(losses)
+        assert terms is not None
+        return names, terms
+
+    data_iter = iter(train_loader)
+    window_start, window_iters = time.perf_counter(), 0
+    done = start
+    pending = LossBuffer(recipe.sync_period)
+    for it in range(start, total):
+        net.train()
+        lr_now = recipe.optimizer.lr * factor(it)
+        if not (adaptive and it < start + OOM_PROBE_ITERS):
+            optimizer.zero_grad(set_to_none=True)
+            names, terms = micro_batches(data_iter, accum, sync=True)
+        else:
+            # Out-of-memory guard: every worker tries the iteration (no collective inside it),
+            # all agree whether one ran out of memory, and if so all halve the micro-batch and
+            # repeat the iteration from the same random state: what a run configured with that
+            # micro-batch from the start computes. Without a process group there is nothing to agree.
+            rng = capture_rng()
+            while True:
+                optimizer.zero_grad(set_to_none=True)
+                oom = ""
+                try:
+                    names, terms = micro_batches(data_iter, accum, sync=not is_distributed())
+                except torch.OutOfMemoryError as exc:
+                    oom = str(exc).split("\n", 1)[0][:300]
+                if not any_worker(bool(oom), device):
+                    if is_distributed():
+                        all_reduce_gradients(trainable, device)
+                    break
+                optimizer.zero_grad(set_to_none=True)
+                del data_iter
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                where = "this worker" if oom else "another worker"
+                if micro == 1:
+                    raise torch.OutOfMemoryError(
+                        f"{trial.name}: out of memory at iteration {it + 1} on {where} with a "
+                        f"micro-batch of 1 image ({oom or 'see that worker'}); nothing left to halve: "
+                        "use a GPU with more memory (scaling.resources_per_worker), recipes.*.amp: true, "
+                        "or a smaller input size"
+                    )
+                old = micro
+                micro, accum = _split(trial, world, micro // 2)
+                log(
+                    f"out of memory at iteration {it + 1} ({where}) with micro-batch {old}: "
+                    f"micro-batch {micro} x {accum} accumulation steps from now on (global batch "
+                    f"{global_batch}, data order and results as if configured so from the start)"
+                )
+                _batch_choice(
+                    reporter,
+                    {
+                        "micro_batch": micro,
+                        "accum": accum,
+                        "configured_micro_batch": planned_micro,
+                        "reason": f"out of memory at iteration {it + 1} with micro-batch {old}",
+                    },
+                )
+                restore_rng(rng)
+                data_iter = iter(train_loader_from(it, accum))
+                val_loader = val_loader_of(micro)
         if scaler is not None:
             scaler.unscale_(optimizer)
         clip_gradients(trainable, recipe.clip_grad)
@@ -394,7 +534,7 @@ def train(
         final = done == total
         boundary = done % recipe.log_period == 0 or done % recipe.eval_period == 0
         boundary = boundary or done % recipe.checkpoint_period == 0 or final
-        for _, named in pending.add(done, list(losses), terms):
+        for _, named in pending.add(done, names, terms):
             meters.add(named)
         if not (boundary or pending.due):
             continue
@@ -451,6 +591,8 @@ def train(
                         "epoch": epoch,
                         "index_in_epoch": index,
                         "world_size": world.size,
+                        # a micro-batch the OOM fallback chose, reused on resume (None: as configured)
+                        "oom_micro_batch": micro if micro < planned_micro else None,
                         "model": model.state_dict(),
                         "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict(),

@@ -39,7 +39,7 @@ from raybench.models.mask2former import (
     Mask2FormerConfig,
     Mask2FormerHead,
     semantic_inference,
-    semantic_to_targets,
+    semantic_to_targets_batch,
 )
 from raybench.study.spec import Mask2FormerOptions, SmpOptions
 
@@ -79,7 +79,8 @@ class Mask2FormerSemanticHead(SemanticHead):
 
     def loss(self, features: Sequence[Tensor], sem_seg: Tensor) -> dict[str, Tensor]:
         outputs = self.mask2former(features)
-        targets = [semantic_to_targets(s, self.num_classes, self.ignore_index) for s in sem_seg]
+        # One host synchronisation for the whole batch (per image: three).
+        targets = semantic_to_targets_batch(sem_seg, self.num_classes, self.ignore_index)
         terms = self.mask2former.loss(outputs, targets)  # point sampling: global RNG
         terms.pop("loss")
         grouped: dict[str, Tensor] = {}

@@ -26,6 +26,9 @@ recipe follows the ConvNeXt paper's Mask R-CNN setting, whose rule groups ConvNe
 implements that rule over timm's parameter names, and the analogous stage rule for ResNet.
 The output norms (:class:`raybench.backbones.Backbone` ``out_norms``; ``backbone.norm{i}`` in
 the reference, which falls to its ``else`` branch, ``num_max_layer + 1``) get the decoder's id.
+Plain ViTs follow ViTDet's rule (Detectron2 ``get_vit_lr_decay_rate``): embeddings and tokens
+0, block ``i`` -> ``i + 1``, the rest (final norm; the simple feature pyramid, which is head
+anyway) the decoder's id ``depth + 1``.
 """
 
 from __future__ import annotations
@@ -54,7 +57,15 @@ NORM_TYPES: tuple[type[nn.Module], ...] = (
 #: transformer decoder's queries and level embedding are exempt while the pixel decoder's
 #: ``level_embed`` (an ``nn.Parameter`` there too) keeps the weight decay.
 EMBED_NAMES: frozenset[str] = frozenset(
-    {"pos_embed", "absolute_pos_embed", "cls_token", "mask_token", "relative_position_bias_table"}
+    {
+        "pos_embed",
+        "absolute_pos_embed",
+        "cls_token",
+        "reg_token",  # DINOv3 / DINOv2-reg ViTs' register tokens
+        "dist_token",  # distilled DeiT
+        "mask_token",
+        "relative_position_bias_table",
+    }
 )
 
 _CONVNEXT = re.compile(r"(?:^|\.)stages[._](\d+)\.(downsample|blocks)(?:\.(\d+))?")
@@ -62,6 +73,8 @@ _STEM = re.compile(r"(?:^|\.)stem[._]")
 _RESNET_STAGE = re.compile(r"(?:^|\.)layer(\d+)\.")
 _RESNET_STEM = re.compile(r"(?:^|\.)(conv1|bn1|act1)\.")
 _OUT_NORM = re.compile(r"(?:^|\.)out_norms\.")
+_VIT_BLOCK = re.compile(r"(?:^|\.)blocks\.(\d+)\.")
+_VIT_EMBED = re.compile(r"(?:^|\.)(patch_embed\.|pos_embed$|cls_token$|reg_token$|dist_token$|mask_token$)")
 
 
 def weight_decay_kind(module: nn.Module, param_name: str) -> str:
@@ -88,17 +101,35 @@ class LayerIds:
 
 
 def layer_ids(backbone: nn.Module) -> LayerIds:
-    """Layer ids for ConvNeXt-like (``stem`` + ``stages``) and ResNet-like (``layer1..4``) bodies."""
+    """Layer ids for ConvNeXt-like (``stem`` + ``stages``), plain ViT (``patch_embed`` +
+    ``blocks``) and ResNet-like (``layer1..4``) bodies."""
     names = [n for n, _ in backbone.named_parameters()]
     if any(_CONVNEXT.search(n) for n in names):
         return _convnext_ids(names)
+    if any(_VIT_BLOCK.search(n) for n in names) and any(_VIT_EMBED.search(n) for n in names):
+        return _vit_ids(names)
     if any(_RESNET_STAGE.search(n) for n in names):
         return _resnet_ids(names)
     raise ValueError(
         "layer_decay is set but raybench has no layer-id rule for this backbone "
-        f"(parameters like {names[:3]}); known: ConvNeXt (stem/stages) and ResNet (layer1..4). "
+        f"(parameters like {names[:3]}); known: ConvNeXt (stem/stages), plain ViT "
+        "(patch_embed/blocks) and ResNet (layer1..4). "
         "Remove layer_decay from the recipe or add a rule in raybench/recipes/optim.py"
     )
+
+
+def _vit_ids(names: list[str]) -> LayerIds:
+    """ViTDet's rule (Detectron2 ``get_vit_lr_decay_rate``, ``num_layers`` = depth D): patch and
+    position embeddings id 0 (here also the class / register / distillation / mask tokens, as
+    MAE's and BEiT's ``param_groups_lrd`` put ``cls_token``), block ``i`` id ``i + 1``,
+    everything else (the final norm, the pyramid) ``D + 1``, the decoder's id: scale
+    ``decay ** (D + 1 - id)``, so block ``i`` gets ``decay ** (D - i)``."""
+    depth = 1 + max(int(m.group(1)) for n in names if (m := _VIT_BLOCK.search(n)))
+    ids: dict[str, int] = {}
+    for n in names:
+        m = _VIT_BLOCK.search(n)
+        ids[n] = int(m.group(1)) + 1 if m else 0 if _VIT_EMBED.search(n) else depth + 1
+    return LayerIds(ids, depth + 2)
 
 
 def _convnext_ids(names: list[str]) -> LayerIds:

@@ -23,7 +23,8 @@ def check_experiment(experiment: str) -> None:
     import pyarrow.fs as pafs
 
     from raybench.errors import UserInputError
-    from raybench.results.store import STATUS_FILE, resolve
+    from raybench.results.store import STATUS_FILE
+    from raybench.storage import resolve
 
     if "://" not in experiment:
         folder = Path(experiment)

@@ -35,8 +35,18 @@ PAPER_CSV = Path(__file__).with_name("paper_table2.csv")
 
 #: Datasets and rows in the paper's order (Table 2); others follow in the order seen.
 PAPER_DATASETS: tuple[str, ...] = ("severstal", "rubber_rings", "rareplanes", "gdxray")
-ARCH_NAMES: dict[str, str] = {"resnet50_gn": "ResNet-50 (GN)", "convnext_t": "ConvNeXt-T"}
-PRETRAINING_NAMES: dict[str, str] = {"supervised": "sup. IN-1k", "dinov3": "DINOv3"}
+ARCH_NAMES: dict[str, str] = {
+    "resnet50_gn": "ResNet-50 (GN)",
+    "convnext_t": "ConvNeXt-T",
+    "vit_s16": "ViT-S/16",
+    "vit_b16": "ViT-B/16",
+    "vit_l16": "ViT-L/16",
+}
+PRETRAINING_NAMES: dict[str, str] = {
+    "supervised": "sup. IN-1k",
+    "dinov3": "DINOv3",
+    "dinov3_sat": "DINOv3 SAT-493M",
+}
 DATASET_NAMES: dict[str, str] = {
     "severstal": "Severstal",
     "rubber_rings": "Rubber Rings",
@@ -82,6 +92,7 @@ class TrialInfo:
     last_iter: int | None = None
     message: str = ""
     attempts: int = 0
+    train_fraction: float = 1.0
 
     @property
     def row(self) -> RowKey:
@@ -164,6 +175,9 @@ class ReportResult:
     study: str
     wandb_url: str | None = None
     bootstrap: Bootstrap | None = None
+    #: label efficiency (studies with ``train_fractions``): fractions.csv, fractions_<dataset>.png
+    fractions: pd.DataFrame = field(default_factory=pd.DataFrame)
+    fraction_plots: dict[str, Path] = field(default_factory=dict)
 
 
 def _signed(x: float | None) -> str:
@@ -237,9 +251,21 @@ def load_paper(path: str | os.PathLike[str] | None = None, datasets: Iterable[st
 # trials
 
 
+_FRACTION_SUFFIX = re.compile(r"-s\d+-f(\d+(?:\.\d*)?(?:e-?\d+)?)$")
+
+
+def fraction_of_name(name: str) -> float:
+    """The training fraction a trial name says (``...-s42-f0.25`` -> 0.25; no suffix: 1.0)."""
+    m = _FRACTION_SUFFIX.search(name)
+    return float(m.group(1)) if m else 1.0
+
+
 def _parse_name(name: str) -> dict[str, Any]:
-    """Axes from a trial name ``<dataset>-<arch>-<pretraining>-<regime>-s<seed>`` (fallback)."""
-    parts = name.rsplit("-", 4)
+    """Axes from a trial name ``<dataset>-<arch>-<pretraining>-<regime>-s<seed>[-f<fraction>]``
+    (fallback)."""
+    fraction = fraction_of_name(name)
+    base = name[: name.rfind("-f")] if _FRACTION_SUFFIX.search(name) else name
+    parts = base.rsplit("-", 4)
     if len(parts) == 5 and re.fullmatch(r"s\d+", parts[4]):
         return {
             "dataset": parts[0],
@@ -247,6 +273,7 @@ def _parse_name(name: str) -> dict[str, Any]:
             "pretraining": parts[2],
             "regime": parts[3],
             "seed": int(parts[4][1:]),
+            "train_fraction": fraction,
         }
     return {"dataset": "?", "backbone": name, "pretraining": "?", "regime": "?", "seed": None}
 
@@ -298,6 +325,7 @@ def collect_trials(
                 final = v if math.isfinite(v) else None
         state = str(status.get("state") or ("running" if rows is not None and len(rows) else "missing"))
         seed = ax.get("seed")
+        fraction = ax.get("train_fraction")
         out.append(
             TrialInfo(
                 trial=name,
@@ -315,6 +343,7 @@ def collect_trials(
                 last_iter=last_iter,
                 message=str(status.get("message") or ""),
                 attempts=int(status.get("attempts") or 0),
+                train_fraction=float(fraction) if _finite(fraction) else fraction_of_name(name),
             )
         )
     return out
@@ -595,6 +624,173 @@ def plot_curves(
 
 
 # ---------------------------------------------------------------------------------------
+# label efficiency: the headline metric against the training fraction
+
+FRACTION_COLUMNS: tuple[str, ...] = (
+    "dataset",
+    "backbone",
+    "pretraining",
+    "regime",
+    "train_fraction",
+    "metric",
+    "mean",
+    "std",
+    "min",
+    "max",
+    "n_seeds",
+    "status",
+    "seeds",
+    "trials",
+)
+
+
+def has_fractions(trials: Sequence[TrialInfo]) -> bool:
+    """Whether the experiment has the label-efficiency axis (a trial below 1.0)."""
+    return any(t.train_fraction != 1.0 for t in trials)
+
+
+def fraction_frame(
+    trials: Sequence[TrialInfo], rows: Sequence[RowKey], datasets: Sequence[str], metric_of: Mapping[str, str]
+) -> pd.DataFrame:
+    """fractions.csv: one line per (dataset, row, fraction): the final headline value over the
+    seeds that finished (mean, sample std, min, max), as Table 2's cells."""
+    groups: dict[tuple[str, RowKey, float], list[TrialInfo]] = {}
+    for t in trials:
+        groups.setdefault((t.dataset, t.row, t.train_fraction), []).append(t)
+    fractions = sorted({t.train_fraction for t in trials})
+    recs = []
+    for d in datasets:
+        for row in rows:
+            for f in fractions:
+                ts = sorted(groups.get((d, row, f), []), key=lambda t: (t.seed is None, t.seed or 0))
+                if not ts:
+                    continue
+                fin = [t for t in ts if t.state == "finished" and t.final is not None]
+                vals = [float(t.final) for t in fin]  # type: ignore[arg-type]
+                status = (
+                    ("finished" if len(fin) == len(ts) else "partial")
+                    if fin
+                    else next(
+                        (s for s in ("running", "failed", "finished") if any(t.state == s for t in ts)),
+                        "missing",
+                    )
+                )
+                recs.append(
+                    {
+                        "dataset": d,
+                        "backbone": row[0],
+                        "pretraining": row[1],
+                        "regime": row[2],
+                        "train_fraction": f,
+                        "metric": metric_of.get(d, ""),
+                        "mean": sum(vals) / len(vals) if vals else None,
+                        "std": pd.Series(vals).std(ddof=1) if len(vals) > 1 else (0.0 if vals else None),
+                        "min": min(vals) if vals else None,
+                        "max": max(vals) if vals else None,
+                        "n_seeds": len(vals),
+                        "status": status,
+                        "seeds": ";".join(f"{t.seed}:{t.final:.4f}" for t in fin),
+                        "trials": ";".join(t.trial for t in ts),
+                    }
+                )
+    return pd.DataFrame.from_records(recs, columns=list(FRACTION_COLUMNS))
+
+
+def plot_fractions(
+    frame: pd.DataFrame, rows: Sequence[RowKey], dataset: str, metric: str, path: Path
+) -> Path:
+    """``fractions_<dataset>.png``: final headline metric vs training fraction (log x axis, ticks
+    at the study's fractions), one line per row: colours and line styles as the learning
+    curves; several seeds draw their mean with a min-max band."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import FixedLocator, NullLocator
+
+    fig = Figure(figsize=CURVE_SIZE, dpi=CURVE_DPI)
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    spare = iter(_SPARE * 10)
+    colours = dict(_COLOURS)
+    sub = frame[(frame["dataset"] == dataset) & frame["mean"].notna()] if len(frame) else frame
+    drawn = 0
+    for row in rows:
+        line = sub[(sub["backbone"] == row[0]) & (sub["pretraining"] == row[1]) & (sub["regime"] == row[2])]
+        if line.empty:
+            continue
+        line = line.sort_values("train_fraction")
+        key = (row[0], row[1])
+        if key not in colours:
+            colours[key] = next(spare)
+        b, p, r = row_label(row)
+        n = int(line["n_seeds"].max())
+        ax.plot(
+            line["train_fraction"],
+            line["mean"],
+            _STYLES.get(row[2], ":"),
+            color=colours[key],
+            marker="o",
+            markersize=4,
+            linewidth=1.6,
+            label=f"{b} · {p} · {r}" + (f" (n={n})" if n > 1 else ""),
+        )
+        if n > 1:
+            ax.fill_between(
+                line["train_fraction"].astype(float),
+                line["min"].astype(float),
+                line["max"].astype(float),
+                color=colours[key],
+                alpha=0.15,
+            )
+        drawn += 1
+    ax.set_xscale("log")
+    ticks = sorted(set(frame["train_fraction"])) if len(frame) else [1.0]
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xticklabels([f"{t:g}" for t in ticks])
+    ax.set_title(f"{dataset_label(dataset)} — {metric} (validation, final) vs training fraction")
+    ax.set_xlabel("share of the training split (nested, class-stratified subsets)")
+    ax.set_ylabel(metric)
+    ax.grid(True, alpha=0.3)
+    if drawn:
+        ax.legend(loc="best", fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no finished trial yet", ha="center", va="center", transform=ax.transAxes)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=CURVE_DPI)
+    return path
+
+
+def fractions_markdown(frame: pd.DataFrame, rows: Sequence[RowKey], dataset: str) -> str:
+    """One dataset's label-efficiency table: rows x fractions, ``mean ± std`` (or a marker)."""
+    sub = frame[frame["dataset"] == dataset]
+    fractions = sorted(set(sub["train_fraction"]))
+    at = {
+        (r["backbone"], r["pretraining"], r["regime"], r["train_fraction"]): r for r in sub.to_dict("records")
+    }
+    body = []
+    for row in rows:
+        if not any((*row, f) in at for f in fractions):
+            continue
+        cells = []
+        for f in fractions:
+            r = at.get((*row, f))
+            if r is None:
+                cells.append(MISSING)
+            elif _finite(r["mean"]):
+                text = f"{r['mean']:.2f}"
+                if r["n_seeds"] > 1:
+                    text += f" ± {r['std']:.2f} (n={r['n_seeds']})"
+                if r["status"] == "partial":
+                    text += " [partial]"
+                cells.append(text)
+            else:
+                cells.append({"running": RUNNING, "failed": FAILED}.get(r["status"], MISSING))
+        body.append([*row_label(row), *cells])
+    return _md_table(["Backbone", "Pretraining", "Regime", *(f"{f:g}" for f in fractions)], body)
+
+
+# ---------------------------------------------------------------------------------------
 # cost
 
 
@@ -721,7 +917,10 @@ def _markdown(
     trials: Sequence[TrialInfo],
     counts: Mapping[str, int],
     boot: Bootstrap | None = None,
+    fractions: pd.DataFrame | None = None,
+    fraction_plots: Mapping[str, Path] | None = None,
 ) -> str:
+    fraction_plots = fraction_plots or {}
     out = [f"# raybench report — study `{result_name}`", ""]
     out.append(f"Experiment: `{experiment}`  ")
     out.append(f"Generated: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}  ")
@@ -805,6 +1004,21 @@ def _markdown(
     out.append("")
     for d, p in curves.items():
         out += [f"### {dataset_label(d)}", "", f"![{dataset_label(d)} learning curves]({p.name})", ""]
+    if fractions is not None and len(fractions):
+        out += ["## Label efficiency — headline metric vs training fraction", ""]
+        out.append(
+            "Each trial trained on a nested, class-stratified share of the training split with the "
+            "same recipe (iterations and batch unchanged); final validation value, mean ± sample std "
+            "over seeds. Table 2 above uses the whole split (fraction 1) only."
+        )
+        out.append("")
+        f_rows = _ordered(
+            [*rows, *zip(fractions["backbone"], fractions["pretraining"], fractions["regime"])], rows
+        )
+        for d in _ordered([*datasets, *fractions["dataset"]], datasets):
+            out += [f"### {dataset_label(d)}", "", fractions_markdown(fractions, f_rows, d), ""]
+            if d in fraction_plots:
+                out += [f"![{dataset_label(d)} label efficiency]({fraction_plots[d].name})", ""]
     out += ["## Cost per trial", ""]
     if len(cost):
         body = [
@@ -843,7 +1057,9 @@ def _markdown(
         out.append("")
     out += [
         "Files: `table2.csv` (one row per cell), `paired_deltas.csv`, `cost.csv`, "
-        "`curves_<dataset>.png`. Schema and markers: docs/report.md.",
+        "`curves_<dataset>.png`"
+        + (", `fractions.csv`, `fractions_<dataset>.png`" if fractions is not None and len(fractions) else "")
+        + ". Schema and markers: docs/report.md.",
         "",
     ]
     return "\n".join(out)
@@ -920,7 +1136,9 @@ def build_report(
     trials = collect_trials(results, statuses, study)
     datasets_known = {t.dataset for t in trials} | ({d.id for d in study.datasets} if study else set())
     paper = load_paper(paper_csv, datasets_known)
-    rows, datasets, cells = build_cells(trials, paper, study)
+    # Table 2, its intervals and the learning curves: the whole training split only.
+    full = [t for t in trials if t.train_fraction == 1.0]
+    rows, datasets, cells = build_cells(full, paper, study)
     boot = bootstrap_report(
         cells, read_eval_records(experiment), resamples=bootstrap_resamples, seed=bootstrap_seed
     )
@@ -940,7 +1158,19 @@ def build_report(
     curves: dict[str, Path] = {}
     for d in datasets:
         metric = next((c.metric for c in cells if c.dataset == d and c.metric), "")
-        curves[d] = plot_curves(results, trials, rows, d, metric, out_dir / f"curves_{_safe(d)}.png")
+        curves[d] = plot_curves(results, full, rows, d, metric, out_dir / f"curves_{_safe(d)}.png")
+    fractions = pd.DataFrame(columns=list(FRACTION_COLUMNS))
+    fraction_plots: dict[str, Path] = {}
+    if has_fractions(trials):
+        f_rows = _ordered([*rows, *(t.row for t in trials)], rows)
+        f_sets = _ordered([*datasets, *(t.dataset for t in trials)], datasets)
+        metric_of = {d: next((t.metric for t in trials if t.dataset == d and t.metric), "") for d in f_sets}
+        fractions = fraction_frame(trials, f_rows, f_sets, metric_of)
+        fractions.to_csv(out_dir / "fractions.csv", index=False)
+        for d in f_sets:
+            if (fractions["dataset"] == d).any():
+                path = out_dir / f"fractions_{_safe(d)}.png"
+                fraction_plots[d] = plot_fractions(fractions, f_rows, d, metric_of[d], path)
     counts: dict[str, int] = {}
     for t in trials:
         counts[t.state] = counts.get(t.state, 0) + 1
@@ -955,7 +1185,21 @@ def build_report(
     cost.to_csv(cost_csv, index=False)
     paired.to_csv(out_dir / "paired_deltas.csv", index=False)
     md = out_dir / "report.md"
-    text = _markdown(name, str(experiment), rows, datasets, cells, paired, curves, cost, trials, counts, boot)
+    text = _markdown(
+        name,
+        str(experiment),
+        rows,
+        datasets,
+        cells,
+        paired,
+        curves,
+        cost,
+        trials,
+        counts,
+        boot,
+        fractions,
+        fraction_plots,
+    )
     md.write_text(text)
     result = ReportResult(
         out_dir=out_dir,
@@ -971,6 +1215,8 @@ def build_report(
         counts=counts,
         study=name,
         bootstrap=boot,
+        fractions=fractions,
+        fraction_plots=fraction_plots,
     )
     if wandb is not False:
         from raybench.results.wandb_report import publish_wandb_report
@@ -987,8 +1233,10 @@ __all__ = [
     "build_report",
     "collect_trials",
     "cost_table",
+    "fraction_frame",
     "load_paper",
     "paired_deltas",
     "plot_curves",
+    "plot_fractions",
     "table2_markdown",
 ]

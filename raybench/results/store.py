@@ -29,9 +29,7 @@ import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlparse
 
 import numpy as np
 import pandas as pd
@@ -41,6 +39,7 @@ import pyarrow.parquet as pq
 
 from raybench.evaluation.records import SCHEMA_VERSION as RECORDS_SCHEMA_VERSION
 from raybench.evaluation.records import DetectionRecords, EvalRecords, Records, SemSegRecords
+from raybench.storage import resolve
 
 #: Grid coordinates of a trial (``TrialSpec.axes()``), repeated on every row.
 AXES_COLUMNS: tuple[str, ...] = (
@@ -87,55 +86,6 @@ STATES: tuple[str, ...] = ("running", "finished", "failed")
 
 # ---------------------------------------------------------------------------------------
 # file systems
-
-
-def _s3(uri: str) -> tuple[pafs.FileSystem, str]:
-    """S3 file system for ``s3://bucket/path``.
-
-    Built explicitly rather than by ``FileSystem.from_uri`` for two reasons:
-    ``allow_delayed_open`` makes arrow send an object smaller than one part as a single
-    ``PutObject`` (idempotent, so a retried request after a timeout is harmless, unlike a
-    retried ``CompleteMultipartUpload``), and ``AWS_ENDPOINT_URL[_S3]`` (MinIO, moto) is
-    honoured even by pyarrow releases that ignore it.
-    """
-    parsed = urlparse(uri)
-    bucket = parsed.netloc
-    kwargs: dict[str, Any] = {"allow_delayed_open": True}
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-    if endpoint:
-        ep = urlparse(endpoint if "://" in endpoint else f"https://{endpoint}")
-        kwargs.update(endpoint_override=ep.netloc, scheme=ep.scheme or "https")
-        region = region or "us-east-1"
-    elif not region:
-        try:
-            region = pafs.resolve_s3_region(bucket)
-        except OSError:
-            region = None  # arrow's default; the first request then names the problem
-    if region:
-        kwargs["region"] = region
-    return pafs.S3FileSystem(**kwargs), f"{bucket}{parsed.path}".rstrip("/")
-
-
-def resolve(root: str | os.PathLike[str]) -> tuple[pafs.FileSystem, str]:
-    """(file system, path inside it) for a local path or a ``s3://`` / ``gs://`` URI."""
-    root = str(root)
-    if "://" in root:
-        if root.startswith("s3://"):
-            return _s3(root)
-        fs, path = pafs.FileSystem.from_uri(root)
-        return fs, path.rstrip("/")
-    return pafs.LocalFileSystem(), str(Path(root).expanduser().resolve())
-
-
-def ray_storage(root: str) -> tuple[str, pafs.FileSystem | None]:
-    """``(storage_path, storage_filesystem)`` for Ray's ``RunConfig`` and ``Tuner.restore``:
-    on S3 Ray then writes with the same file system (and the same small-object PUTs) as the
-    results store; elsewhere Ray resolves the path itself."""
-    if root.startswith("s3://"):
-        fs, path = _s3(root)
-        return path, fs
-    return root, None
 
 
 def _is_local(fs: pafs.FileSystem) -> bool:

@@ -289,6 +289,7 @@ def check_dataset_start(dataset: DatasetSpec, path: str, out: Collector, *, dry_
                 size=synth.size,
                 seed=synth.seed,
                 object_scale=synth.object_scale,
+                **synth.options,
             )
         except Exception as exc:  # noqa: BLE001
             out.add(join(path, "synthetic"), f"cannot write synthetic {dataset.format!r} data: {exc}")

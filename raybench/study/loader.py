@@ -55,6 +55,8 @@ class StudyFile:
     rows: tuple[RowSpec, ...]
     recipes: dict[str, dict[str, Any]]
     seeds: tuple[int, ...] = (42,)
+    #: The label-efficiency axis: each trial trains on this share of the training split.
+    train_fractions: tuple[float, ...] = (1.0,)
     scaling: ScalingSpec = field(default_factory=ScalingSpec)
     description: str = ""
 
@@ -72,6 +74,7 @@ class Study:
     seeds: tuple[int, ...]
     scaling: ScalingSpec
     trials: tuple[TrialSpec, ...]
+    train_fractions: tuple[float, ...] = (1.0,)
 
     def select(self, patterns: str | list[str] | None) -> list[TrialSpec]:
         """Trials whose name matches any glob pattern (comma-separated allowed)."""
@@ -178,6 +181,26 @@ def _check_unique(items: list[tuple[int, str]], path: str, what: str, out: Colle
         seen.add(item)
 
 
+def _check_fractions(values: tuple[float, ...], out: Collector) -> tuple[float, ...]:
+    """``train_fractions``: numbers in (0, 1], no repeats, at least one; the valid ones."""
+    if not values:
+        out.add("train_fractions", "needs at least one fraction (1.0 = the whole training split)")
+    valid: list[float] = []
+    for i, f in enumerate(values):
+        if not isinstance(f, float):
+            continue  # reported by the schema (not a number)
+        if not 0.0 < f <= 1.0:
+            out.add(
+                join("train_fractions", i),
+                f"a training fraction must be in (0, 1] (share of the training split), got {f!r}",
+            )
+        elif f in valid:
+            out.add(join("train_fractions", i), f"duplicate training fraction {f!r}")
+        else:
+            valid.append(f)
+    return tuple(valid)
+
+
 def _has_problem(out: Collector, path: str) -> bool:
     """Was a problem found at ``path`` or below it (then checks that build on it are skipped)?"""
     return any(p.path == path or p.path.startswith((f"{path}.", f"{path}[")) for p in out.problems)
@@ -241,6 +264,7 @@ def parse_study(
     for i, seed in enumerate(top.seeds):
         if isinstance(seed, int) and not 0 <= seed <= MAX_SEED:
             out.add(join("seeds", i), f"a seed must be an integer in [0, 2**63 - 1], got {seed}")
+    fractions = _check_fractions(top.train_fractions, out)
     for name in top.recipes:
         why = name_problem(name)
         if why:
@@ -379,17 +403,19 @@ def parse_study(
             if recipe is None:
                 continue
             for seed in top.seeds:
-                trials.append(
-                    TrialSpec(
-                        study=top.name,
-                        dataset=d,
-                        backbone=b,
-                        regime=row.regime,
-                        seed=seed,
-                        recipe=recipe,
-                        scaling=top.scaling,
+                for fraction in fractions:
+                    trials.append(
+                        TrialSpec(
+                            study=top.name,
+                            dataset=d,
+                            backbone=b,
+                            regime=row.regime,
+                            seed=seed,
+                            recipe=recipe,
+                            scaling=top.scaling,
+                            train_fraction=fraction,
+                        )
                     )
-                )
     _check_unique(list(enumerate(t.name for t in trials)), "trials", "trial name", out)
     if out.problems:
         # Deduplicate: the same merged-recipe problem would repeat for every backbone.
@@ -408,6 +434,7 @@ def parse_study(
         seeds=top.seeds,
         scaling=top.scaling,
         trials=tuple(trials),
+        train_fractions=fractions,
     )
 
 

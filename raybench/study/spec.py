@@ -214,6 +214,8 @@ class SynthSpec:
     seed: int = field(default=0, metadata={"ge": 0})
     #: multiplies every object's size (raybench.data.synth.synthesize); 1 = real relative sizes
     object_scale: float = field(default=1.0, metadata={"gt": 0, "le": 10})
+    #: the generator's own options (e.g. gdxray ``contrast``, severstal ``csv_format``)
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 #: Field metadata of ids and names that end up in trial names and paths (see ``name_problem``).
@@ -255,6 +257,12 @@ class BackboneSpec:
     #: ConvNeXt only: a LayerNorm on each output level, as the official ConvNeXt detection /
     #: segmentation backbones (``norm{i}``); None = the architecture's default (ConvNeXt: on).
     output_norms: bool | None = None
+    #: Extra keyword arguments of ``timm.create_model`` (e.g. ``{depth: 2}`` for a shallow
+    #: smoke-test ViT); raybench's own (``features_only``, ``drop_path_rate``, ...) are refused.
+    timm_kwargs: dict[str, Any] = field(default_factory=dict)
+    #: Plain ViTs only: channels of the four levels of the simple feature pyramid (ViTDet's
+    #: ``out_channels``); None = 256, as ViTDet.
+    pyramid_channels: int | None = field(default=None, metadata={"gt": 0})
 
     @property
     def model_name(self) -> str:
@@ -278,7 +286,10 @@ class ScalingSpec:
     use_gpu: bool = True
     gpus_per_worker: float = field(default=1.0, metadata={"ge": 0})
     cpus_per_worker: float = field(default=4.0, metadata={"gt": 0})
-    max_batch_per_worker: int | None = field(default=None, metadata={"gt": 0})
+    #: Cap on a worker's micro-batch (accumulation makes up the rest of the global batch);
+    #: ``auto``: start from the whole per-worker share and halve it on an out-of-memory error
+    #: (the engine's fallback; on CUDA it is on for any value, see docs/preflight.md).
+    max_batch_per_worker: int | Literal["auto"] | None = field(default=None, metadata={"gt": 0})
     max_concurrent_trials: int | None = field(default=None, metadata={"gt": 0})
     driver_cpus: float = field(default=1.0, metadata={"ge": 0})
     #: Extra Ray resources each train worker needs, e.g. ``{accelerator_type:A100: 0.01}`` or a
@@ -298,7 +309,7 @@ class ScalingSpec:
     def per_worker_batch(self, global_batch: int) -> tuple[int, int]:
         """(micro-batch per worker, gradient-accumulation steps) for a global batch."""
         share = global_batch // self.workers
-        cap = self.max_batch_per_worker or share
+        cap = self.max_batch_per_worker if isinstance(self.max_batch_per_worker, int) else share
         accum = -(-share // cap)
         while share % accum:
             accum += 1
@@ -316,11 +327,19 @@ class TrialSpec:
     seed: int
     recipe: RecipeSpec
     scaling: ScalingSpec
+    #: Share of the training split this trial trains on (the label-efficiency axis; a nested,
+    #: class-stratified subset, ``raybench.engine.data.fraction_subset``); 1.0 = all of it.
+    train_fraction: float = field(default=1.0, metadata={"gt": 0, "le": 1})
 
     @property
     def name(self) -> str:
         return trial_name(
-            self.dataset.id, self.backbone.arch, self.backbone.pretraining, self.regime, self.seed
+            self.dataset.id,
+            self.backbone.arch,
+            self.backbone.pretraining,
+            self.regime,
+            self.seed,
+            self.train_fraction,
         )
 
     @property
@@ -344,10 +363,16 @@ class TrialSpec:
             "pretraining": self.backbone.pretraining,
             "regime": self.regime,
             "seed": self.seed,
+            "train_fraction": self.train_fraction,
         }
 
     def to_dict(self) -> dict[str, Any]:
-        return to_plain(self)
+        """Plain data; ``train_fraction`` only when it is not 1.0, so a full-data trial's JSON
+        (and the resume check that compares it) is the same as before the axis existed."""
+        plain = to_plain(self)
+        if self.train_fraction == 1.0:
+            plain.pop("train_fraction")
+        return plain
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
@@ -364,6 +389,14 @@ class TrialSpec:
         return dataclasses.replace(self, **changes)
 
 
-def trial_name(dataset: str, arch: str, pretraining: str, regime: str, seed: int) -> str:
-    """``gdxray-convnext_t-dinov3-frozen-s42``: stable, readable, safe as a folder name."""
-    return f"{dataset}-{arch}-{pretraining}-{regime}-s{seed}"
+def fraction_suffix(fraction: float) -> str:
+    """``-f0.25`` for a training fraction below 1.0; ``""`` for 1.0 (names stay as they were)."""
+    return "" if fraction == 1.0 else f"-f{fraction:g}"
+
+
+def trial_name(
+    dataset: str, arch: str, pretraining: str, regime: str, seed: int, train_fraction: float = 1.0
+) -> str:
+    """``gdxray-convnext_t-dinov3-frozen-s42`` (``...-s42-f0.25`` on a quarter of the training
+    split): stable, readable, safe as a folder name."""
+    return f"{dataset}-{arch}-{pretraining}-{regime}-s{seed}{fraction_suffix(train_fraction)}"

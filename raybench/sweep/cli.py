@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from raybench.study import Study
+
 
 def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
@@ -50,13 +52,56 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
         "--trial-retries", type=int, default=1, help="Tune-level retries of a failed trial (default 1)"
     )
     p.add_argument("--no-report", action="store_true", help="skip the report at the end")
+    talk = p.add_mutually_exclusive_group()
+    talk.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show everything on the console: the workers' output, Ray's own messages, Tune's tables "
+        "(default: the status table, one line per trial event and raybench's messages; the rest is in "
+        "the log files named at the start)",
+    )
+    talk.add_argument(
+        "-q", "--quiet", action="store_true", help="only warnings, failures and the final summary"
+    )
+    p.add_argument(
+        "--skip-preflight",
+        action="store_true",
+        help="do not run the pre-flight checks (data, weights and hub access, storage, W&B) before "
+        "the trials start (docs/preflight.md)",
+    )
+
+
+def load_for_run(path: str, only: str | None, skip_preflight: bool) -> Study:
+    """The study, with the trial-start checks of ``grid`` where this machine sees the data.
+
+    When a dataset root or weights file is not visible here (it may live only on the worker
+    nodes), those checks are left to the pre-flight, which runs them on a worker node."""
+    from raybench.preflight import not_visible_here
+    from raybench.study import load_study
+
+    if skip_preflight:
+        return load_study(path)
+    study = load_study(path, dry_run=True)
+    hidden = not_visible_here(study, study.select(only))
+    if not hidden:
+        return load_study(path)
+    print(
+        f"[raybench] not visible on this machine: {', '.join(hidden[:4])}"
+        + (f" (+{len(hidden) - 4})" if len(hidden) > 4 else "")
+        + "; the pre-flight checks them where the trials run"
+    )
+    return study
+
+
+def verbosity(args: argparse.Namespace) -> int:
+    """``-q`` -> 0, default -> 1, ``--verbose`` -> 2 (:mod:`raybench.sweep.console`)."""
+    return 0 if getattr(args, "quiet", False) else 2 if getattr(args, "verbose", False) else 1
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from raybench.study import load_study
     from raybench.sweep.runner import SweepOptions, run_study
 
-    study = load_study(args.study)
+    study = load_for_run(args.study, args.only, args.skip_preflight)
     options = SweepOptions(
         storage=args.storage,
         experiment=args.experiment,
@@ -69,6 +114,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         worker_retries=args.worker_retries,
         trial_retries=args.trial_retries,
         no_report=args.no_report,
+        skip_preflight=args.skip_preflight,
+        verbosity=verbosity(args),
     )
     summary = run_study(study, options)
     if not args.no_report:

@@ -19,20 +19,11 @@ from pathlib import Path
 
 from raybench.errors import StorageError
 from raybench.probe import check_storage
+from raybench.storage import is_uri, join_uri, resolve
 from raybench.study.schema import name_problem
 
 #: Per trial: how many times ``--restart-errored`` started it over (new W&B run each time).
 FRESH_STARTS_FILE = "fresh_starts"
-
-
-def is_uri(path: str) -> bool:
-    return "://" in path
-
-
-def join_uri(base: str, *parts: str) -> str:
-    if is_uri(base):
-        return "/".join([base.rstrip("/"), *parts])
-    return str(Path(base, *parts))
 
 
 @dataclass(frozen=True)
@@ -73,8 +64,6 @@ class ExperimentLayout:
 
     def fresh_starts(self, trial: str) -> int:
         """How many times ``--restart-errored`` started ``trial`` over (0 if never)."""
-        from raybench.results.store import resolve
-
         fs, path = resolve(join_uri(self.trial_dir(trial), FRESH_STARTS_FILE))
         if fs.get_file_info(path).type.name != "File":
             return 0
@@ -83,8 +72,6 @@ class ExperimentLayout:
 
     def count_fresh_start(self, trial: str) -> int:
         """Record one more fresh start of ``trial``; returns the new count."""
-        from raybench.results.store import resolve
-
         count = self.fresh_starts(trial) + 1
         fs, path = resolve(join_uri(self.trial_dir(trial), FRESH_STARTS_FILE))
         fs.create_dir(path.rsplit("/", 1)[0], recursive=True)

@@ -8,23 +8,28 @@ the errored ones lose their Train run (checkpoints) first, so they start at iter
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import shlex
-import sys
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from raybench.results.store import ray_storage
+from raybench.results.store import read_status_of
+from raybench.storage import is_uri, ray_storage
 from raybench.study import Study, TrialSpec
-from raybench.sweep.layout import ExperimentLayout, check_storage, is_uri, join_uri
-from raybench.sweep.trainable import RESUMES_FILE, TRIAL_KEY, dumps_specs, forwarded_env, run_trial
+from raybench.sweep import console
+from raybench.sweep.layout import ExperimentLayout, check_storage
+from raybench.sweep.restart import errored_trials, reset_trials
+from raybench.sweep.trainable import TRIAL_KEY, dumps_specs, forwarded_env, run_trial
 
 #: How the sweep got its Ray: started here (``local``), joined a running cluster
 #: (``joined``: an address, RAY_ADDRESS or ``auto``), or found it initialised by the caller.
 RayMode = Literal["local", "joined", "caller"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -42,12 +47,16 @@ class SweepOptions:
     worker_retries: int = 2
     driver_cpus: float | None = None  # None: the study's scaling.driver_cpus
     no_report: bool = False  # the CLI's --no-report: the sweep ignores it, the resume command keeps it
+    skip_preflight: bool = False  # the CLI's --skip-preflight (raybench.preflight)
+    preflight_remote: bool | None = None  # None: on a worker node when joined and data is not visible here
+    verbosity: int = console.DEFAULT  # 0: -q, 1: default, 2: --verbose (raybench.sweep.console)
 
 
 def connect(options: SweepOptions) -> RayMode:
     """Join a running cluster (RAY_ADDRESS / --address / a local one) or start local Ray.
 
     Returns how Ray was reached; it decides how concurrency is chosen (:func:`max_concurrency`).
+    Worker output reaches this console only with ``--verbose`` (:mod:`raybench.sweep.console`).
     """
     import ray
 
@@ -56,18 +65,19 @@ def connect(options: SweepOptions) -> RayMode:
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     # Train's controller polls workers at this period; 2 s dominates toy trials.
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+    quiet = console.ray_init_kwargs(options.verbosity)
     address = options.address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address)
+        ray.init(address=address, **quiet)
         return "joined"
     if options.num_cpus is None:  # an explicit --num-cpus means "a local Ray of that size"
         try:
-            ray.init(address="auto")  # a cluster started with `ray start` / `ray up` on this node
+            ray.init(address="auto", **quiet)  # a cluster started with `ray start` / `ray up` on this node
             return "joined"
         except (ConnectionError, RuntimeError, ValueError):
             pass
     # Local Ray: the dashboard stays off (nothing listens beyond localhost by default).
-    ray.init(num_cpus=options.num_cpus, include_dashboard=False, configure_logging=False)
+    ray.init(num_cpus=options.num_cpus, include_dashboard=False, configure_logging=False, **quiet)
     return "local"
 
 
@@ -142,59 +152,18 @@ def _count(n: float, unit: str) -> str:
 
 
 def prepare_synthetic(trials: list[TrialSpec]) -> None:
-    """Write the synthetic datasets the study asks for (smoke runs) before any trial starts."""
-    from pathlib import Path
-
-    from raybench.data.synth import synthesize
+    """Write the synthetic datasets the study asks for (smoke runs) before any trial starts;
+    a synthetic copy written earlier with other parameters is replaced."""
+    from raybench.data.synth import ensure_synthetic
 
     done: set[str] = set()
     for t in trials:
         d = t.dataset
-        if d.synthetic is None or d.root in done or is_uri(d.root) or Path(d.root).exists():
+        if d.synthetic is None or d.root in done or is_uri(d.root):
             continue
-        print(f"[raybench] writing synthetic {d.format} ({d.synthetic.images} images) to {d.root}")
-        tmp = Path(f"{d.root}.tmp-{os.getpid()}")
-        s = d.synthetic
-        synthesize(d.format, tmp, images=s.images, size=s.size, seed=s.seed, object_scale=s.object_scale)
-        os.replace(tmp, d.root)  # atomic: a half-written dataset never looks complete
         done.add(d.root)
-
-
-def errored_trials(root_path: str, storage_fs: Any) -> list[str]:
-    """Names of the trials Tune recorded as ERROR in the experiment at ``root_path``."""
-    from ray import tune
-
-    analysis = tune.ExperimentAnalysis(root_path, storage_filesystem=storage_fs)
-    return sorted(str(t.config.get(TRIAL_KEY)) for t in analysis.trials if t.status == "ERROR")
-
-
-def reset_trials(layout: ExperimentLayout, names: list[str]) -> tuple[list[str], list[str]]:
-    """Remove what would make these trials resume instead of starting fresh: the Train run
-    (``train/<trial>``: its checkpoints and the snapshot Train V2 reloads on start), the
-    resume records and the failure status. Results rows stay (a fresh run re-reports every
-    iteration, newer rows win on read-back; the cost table counts the lost time), and so do
-    fault-drill markers. A trial whose status says ``finished`` is never touched.
-
-    Returns ``(reset, kept_because_finished)``.
-    """
-    from raybench.results.store import STATUS_FILE, read_status_of, resolve
-
-    reset, kept = [], []
-    for name in names:
-        status = read_status_of(layout.trial_dir(name))
-        if status and status.get("state") == "finished":
-            kept.append(name)
-            continue
-        fs, train_dir = resolve(join_uri(layout.train_storage, name))
-        if fs.get_file_info(train_dir).type.name == "Directory":
-            fs.delete_dir(train_dir)
-        fs, trial_dir = resolve(layout.trial_dir(name))
-        for f in (RESUMES_FILE, STATUS_FILE):
-            if fs.get_file_info(f"{trial_dir}/{f}").type.name == "File":
-                fs.delete_file(f"{trial_dir}/{f}")
-        layout.count_fresh_start(name)  # the restarted trial logs to a new W&B run
-        reset.append(name)
-    return reset, kept
+        if ensure_synthetic(d.root, d.format, d.synthetic):
+            log.info("wrote synthetic %s (%d images) to %s", d.format, d.synthetic.images, d.root)
 
 
 def run_study(study: Study, options: SweepOptions) -> dict[str, Any]:
@@ -202,26 +171,64 @@ def run_study(study: Study, options: SweepOptions) -> dict[str, Any]:
 
     Before Ray starts: the trial selection and the storage (written, read back, deleted: a
     read-only folder or an unreachable bucket fails here with its path, not inside Tune).
+    Its messages go to stdout at ``options.verbosity`` (:mod:`raybench.sweep.console`).
     """
+    with console.console_output(options.verbosity):
+        return _run_study(study, options)
+
+
+def _run_study(study: Study, options: SweepOptions) -> dict[str, Any]:
     trials = study.select(options.only)
     driver_cpus = study.scaling.driver_cpus if options.driver_cpus is None else options.driver_cpus
     layout = ExperimentLayout.create(options.storage, options.experiment or study.name)
-    check_storage(layout.root)
+    # Pre-flight (raybench.preflight) before Ray when this machine sees every dataset root and
+    # weights file: storage, data, weights, hub and W&B in one report. Otherwise storage first
+    # (as without pre-flight), the rest once Ray is up: on a worker node of a joined cluster.
+    preflight_now = not options.skip_preflight and options.preflight_remote is not True
+    if preflight_now:
+        from raybench.preflight import not_visible_here
+
+        preflight_now = not not_visible_here(study, list(study.trials) if options.resume else trials)
+    if preflight_now:
+        from raybench.preflight import preflight
+
+        joined = bool(options.address or os.environ.get("RAY_ADDRESS"))
+        preflight(
+            study,
+            list(study.trials) if options.resume else trials,
+            layout.root,
+            mode="joined" if joined else "local",
+        )
+    else:
+        check_storage(layout.root)
 
     from ray import tune
+
+    from raybench.sweep.events import TrialEvents
 
     storage_path, storage_fs = ray_storage(layout.storage)
     root_path, _ = ray_storage(layout.root)
     restoring = options.resume and tune.Tuner.can_restore(root_path, storage_filesystem=storage_fs)
     if restoring and options.only:
-        print(
-            f"[raybench] warning: --only {options.only!r} is ignored with --resume: the experiment "
-            "restores the trials it started with (use --experiment NAME for a separate subset)"
+        log.warning(
+            "warning: --only %r is ignored with --resume: the experiment restores the trials it "
+            "started with (use --experiment NAME for a separate subset)",
+            options.only,
         )
     if options.restart_errored and not restoring:
-        print("[raybench] warning: --restart-errored does nothing without an experiment to --resume")
+        log.warning("warning: --restart-errored does nothing without an experiment to --resume")
     prepare_synthetic(list(study.trials) if restoring else trials)
     mode = connect(options)
+    if not options.skip_preflight and not preflight_now:  # before the Tuner: no GPU requested yet
+        from raybench.preflight import preflight
+
+        preflight(
+            study,
+            list(study.trials) if restoring else trials,
+            layout.root,
+            mode=mode,
+            remote=options.preflight_remote,
+        )
     settings = {
         "layout": {"storage": layout.storage, "name": layout.name},
         "worker_retries": options.worker_retries,
@@ -234,24 +241,29 @@ def run_study(study: Study, options: SweepOptions) -> dict[str, Any]:
         {"CPU": max(driver_cpus, 0.01)},
     )
     resume_cmd = resume_command(study, options, layout)
-    print(f"[raybench] experiment {layout.root}: {len(trials)} trials")
-    print(f"[raybench] resume after any failure with: {resume_cmd}")
+    log.info("experiment %s: %d trials", layout.root, len(trials))
+    log.info("resume after any failure with: %s", resume_cmd, extra={"always": True})
+    logs = console.ray_logs_dir()
+    if logs and options.verbosity < console.VERBOSE:
+        where = " (this node's; every node keeps its own)" if mode == "joined" else ""
+        log.info(
+            "trial output and Ray's own messages: log files in %s%s (--verbose shows them here)", logs, where
+        )
 
     if restoring:
-        print(
-            "[raybench] concurrency and trial retries: as when the experiment started "
+        log.info(
+            "concurrency and trial retries: as when the experiment started "
             "(Tune restores its TuneConfig and RunConfig)"
         )
         if options.restart_errored:
             errored = errored_trials(root_path, storage_fs)
             reset, kept = reset_trials(layout, errored)
             if reset:
-                print(f"[raybench] --restart-errored: starting fresh (iteration 0): {', '.join(reset)}")
+                log.info("--restart-errored: starting fresh (iteration 0): %s", ", ".join(reset))
             else:
-                print("[raybench] --restart-errored: no errored trial to restart")
+                log.info("--restart-errored: no errored trial to restart")
             if kept:
-                print(f"[raybench] --restart-errored: already finished, kept: {', '.join(kept)}")
-        sys.stdout.flush()
+                log.info("--restart-errored: already finished, kept: %s", ", ".join(kept))
         tuner = tune.Tuner.restore(
             root_path,
             trainable=trainable,
@@ -262,10 +274,9 @@ def run_study(study: Study, options: SweepOptions) -> dict[str, Any]:
         )
     else:
         if options.resume:
-            print(f"[raybench] nothing to resume at {layout.root}; starting it")
+            log.info("nothing to resume at %s; starting it", layout.root)
         concurrency, why = max_concurrency(trials, driver_cpus, study.scaling.max_concurrent_trials, mode)
-        print(f"[raybench] concurrency: {concurrency or 'no cap'} -- {why}")
-        sys.stdout.flush()
+        log.info("concurrency: %s -- %s", concurrency or "no cap", why)
         tuner = tune.Tuner(
             trainable,
             param_space={TRIAL_KEY: tune.grid_search([t.name for t in trials])},
@@ -280,10 +291,24 @@ def run_study(study: Study, options: SweepOptions) -> dict[str, Any]:
                 storage_path=storage_path,
                 storage_filesystem=storage_fs,
                 failure_config=tune.FailureConfig(max_failures=options.trial_retries),
-                verbose=1,
+                # Tune's own output only with --verbose; TrialEvents prints the status table
+                # and the trial events. (A restored experiment keeps the verbose and the
+                # callbacks it started with; TrialEvents then reports for this run.)
+                verbose=console.tune_verbose(options.verbosity),
+                callbacks=[TrialEvents()],
             ),
         )
-    grid = tuner.fit()
+    every = list(study.trials)
+    with (
+        console.tune_output(options.verbosity),
+        console.activate(
+            metric={t.name: t.dataset.headline_metric for t in every},
+            iterations={t.name: t.recipe.schedule.iterations for t in every},
+            status_of=lambda name: read_status_of(layout.trial_dir(name)),
+            verbosity=options.verbosity,
+        ),
+    ):
+        grid = tuner.fit()
     summary: dict[str, Any] = {}
     for result in grid:
         name = (result.config or {}).get(TRIAL_KEY, "?")
@@ -292,14 +317,17 @@ def run_study(study: Study, options: SweepOptions) -> dict[str, Any]:
             "metrics": {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))},
         }
     failed = [n for n, s in summary.items() if s["error"]]
-    print(
-        f"[raybench] done: {len(summary) - len(failed)} finished, {len(failed)} failed; "
-        f"results in {layout.root}"
+    always = {"always": True}
+    log.info(
+        "done: %d finished, %d failed; results in %s",
+        len(summary) - len(failed),
+        len(failed),
+        layout.root,
+        extra=always,
     )
     if failed:
-        print(f"[raybench] failed: {', '.join(sorted(failed))}")
-    print(f"[raybench] resume with: {resume_cmd}")
-    sys.stdout.flush()
+        log.warning("failed: %s", ", ".join(sorted(failed)))
+    log.info("resume with: %s", resume_cmd, extra=always)
     return summary
 
 

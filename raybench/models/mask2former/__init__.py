@@ -8,7 +8,13 @@ encoder + FPN), :mod:`.transformer_decoder` (masked attention), :mod:`.matcher`,
 from .criterion import Mask2FormerCriterion
 from .hf_weights import load_transformers_weights
 from .matcher import HungarianMatcher
-from .model import Mask2FormerConfig, Mask2FormerHead, semantic_inference, semantic_to_targets
+from .model import (
+    Mask2FormerConfig,
+    Mask2FormerHead,
+    semantic_inference,
+    semantic_to_targets,
+    semantic_to_targets_batch,
+)
 from .ms_deform_attn import multi_scale_deformable_attention
 from .pixel_decoder import MSDeformAttnPixelDecoder
 from .transformer_decoder import MaskedTransformerDecoder
@@ -24,4 +30,5 @@ __all__ = [
     "multi_scale_deformable_attention",
     "semantic_inference",
     "semantic_to_targets",
+    "semantic_to_targets_batch",
 ]

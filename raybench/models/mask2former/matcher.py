@@ -230,7 +230,6 @@ def _matching(
             )
     flat = torch.from_numpy(np.concatenate(columns, axis=1) if columns else np.zeros((5, 0), np.int64))
     if device.type == "cuda":
-        flat = flat.pin_memory().to(device, non_blocking=True)
-    else:
-        flat = flat.to(device)
+        flat = flat.pin_memory()  # so that the copy below does not block the host
+    flat = flat.to(device, non_blocking=True)
     return Matching(host, *flat.unbind(0))

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -153,6 +154,42 @@ def semantic_to_targets(sem_seg: Tensor, num_classes: int, ignore_index: int = 2
         )
     masks = sem_seg.unsqueeze(0) == classes.view(-1, 1, 1)
     return {"labels": classes.to(torch.int64), "masks": masks}
+
+
+def semantic_to_targets_batch(
+    sem_seg: Tensor, num_classes: int, ignore_index: int = 255
+) -> list[dict[str, Tensor]]:
+    """:func:`semantic_to_targets` of every image of a batch ``[B, H, W]``, with one host sync.
+
+    Same result, image by image (labels sorted, bool masks, ignore pixels in no mask, the same
+    ``ValueError`` for class ids outside ``0..K-1``). Per image, ``torch.unique`` and the range
+    checks each wait for the device; here the classes present in every image and the range check
+    come back in one device-to-host copy, and all labels go to the device in one non-blocking copy.
+    """
+    if sem_seg.dim() != 3:
+        raise ValueError(f"sem_seg must be [B, H, W], got shape {tuple(sem_seg.shape)}")
+    batch = sem_seg.shape[0]
+    device = sem_seg.device
+    flat = sem_seg.reshape(batch, -1).long()
+    valid = flat != ignore_index
+    in_range = (flat >= 0) & (flat < num_classes)
+    # Column num_classes collects ignore and out-of-range pixels.
+    column = torch.where(valid & in_range, flat, torch.full_like(flat, num_classes))
+    present = torch.zeros(batch, num_classes + 1, dtype=torch.bool, device=device).scatter_(1, column, True)
+    summary = torch.cat([present[:, :num_classes], (valid & ~in_range).any(1, keepdim=True)], 1)
+    summary = summary.cpu().numpy()  # the one synchronisation
+    for b in range(batch):
+        if summary[b, num_classes]:
+            semantic_to_targets(sem_seg[b], num_classes, ignore_index)  # raises with the offending ids
+    per_image = [np.flatnonzero(summary[b, :num_classes]) for b in range(batch)]
+    labels = torch.from_numpy(np.concatenate(per_image).astype(np.int64))
+    if device.type == "cuda":
+        labels = labels.pin_memory()  # so that the copy below does not block the host
+    labels = labels.to(device, non_blocking=True)
+    out = []
+    for b, part in enumerate(labels.split([len(x) for x in per_image])):
+        out.append({"labels": part, "masks": sem_seg[b].unsqueeze(0) == part.view(-1, 1, 1)})
+    return out
 
 
 def semantic_inference(

@@ -36,8 +36,25 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-# Bytes of gathered value rows held at once when computing the corner-weight gradients.
-_CHUNK_BYTES = 6 * 1024 * 1024
+# Bytes of gathered value rows held at once when computing the corner-weight gradients: cache-sized
+# on CPU; on a GPU, where each chunk costs kernel launches and caches do not matter, large.
+_CHUNK_BYTES = {"cpu": 6 * 1024 * 1024}
+_CHUNK_BYTES_DEFAULT = 512 * 1024 * 1024
+
+# Small per-shape constants on the device, made once: creating them from Python lists on every call
+# would be a blocking host-to-device copy (a synchronisation) each time on a GPU.
+_CONSTANTS: dict[tuple, Tensor] = {}
+
+
+def device_constant(values: Sequence, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``torch.tensor(values)`` on ``device``, cached (treat as read-only)."""
+    key = (tuple(values), dtype, device)
+    cached = _CONSTANTS.get(key)
+    if cached is None:
+        if len(_CONSTANTS) > 256:
+            _CONSTANTS.clear()
+        cached = _CONSTANTS[key] = torch.tensor(values, dtype=dtype).to(device)
+    return cached
 
 
 class _Layout:
@@ -50,8 +67,10 @@ class _Layout:
         self.starts = [sum(sizes[:i]) for i in range(len(sizes))]
         self.num_padded = sum(sizes)
         levels = len(self.shapes)
-        self.padded_widths = torch.tensor([wp for _, wp in self.padded], device=device).view(levels, 1)
-        self.padded_starts = torch.tensor(self.starts, device=device).view(levels, 1)
+        self.padded_widths = device_constant([wp for _, wp in self.padded], torch.int64, device).view(
+            levels, 1
+        )
+        self.padded_starts = device_constant(self.starts, torch.int64, device).view(levels, 1)
 
     def pad(self, value: Tensor) -> Tensor:
         """``[B, S, H, C]`` -> ``[B, H, S_pad, C]`` with a zero border around each level."""
@@ -89,8 +108,10 @@ class _Geometry:
     """
 
     def __init__(self, sampling_locations: Tensor, spatial_shapes: Sequence[tuple[int, int]]) -> None:
-        shapes = torch.as_tensor(
-            list(spatial_shapes), dtype=sampling_locations.dtype, device=sampling_locations.device
+        shapes = device_constant(
+            tuple((int(h), int(w)) for h, w in spatial_shapes),
+            sampling_locations.dtype,
+            sampling_locations.device,
         )
         self.wh = shapes.flip(1)  # [L, 2] (w, h)
         w = self.wh[:, 0:1]
@@ -184,8 +205,10 @@ class _MSDeformAttnFunction(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             # Transposed embedding-bag, keyed by the top-left corner: one sort for all four corners.
             sorted_rows, order = torch.sort(top_left.reshape(-1))
-            counts = torch.bincount(sorted_rows, minlength=flat_table.shape[0])
-            offsets = (torch.cumsum(counts, 0) - counts).to(top_left.dtype)
+            # Start of each table row's entries in the sorted keys (``cumsum(bincount) - bincount``
+            # without bincount, which synchronises on a GPU to size its output).
+            rows = torch.arange(flat_table.shape[0], dtype=sorted_rows.dtype, device=sorted_rows.device)
+            offsets = torch.searchsorted(sorted_rows, rows).to(top_left.dtype)
             bag_of_entry = torch.div(order.to(top_left.dtype), per_bag, rounding_mode="floor")
             # One gather of the four weights per point, then contiguous per-corner rows.
             corner_weights = (
@@ -214,7 +237,8 @@ class _MSDeformAttnFunction(torch.autograd.Function):
             top = top_left.view(num_bags, per_bag)
             bottom = (top_left + wp).view(num_bags, per_bag)
             grad_corner = torch.empty(num_bags, per_bag, 4, dtype=table.dtype, device=table.device)
-            chunk = max(1, _CHUNK_BYTES // (per_bag * 4 * channels * table.element_size()))
+            budget = _CHUNK_BYTES.get(table.device.type, _CHUNK_BYTES_DEFAULT)
+            chunk = max(1, budget // (per_bag * 4 * channels * table.element_size()))
             for start in range(0, num_bags, chunk):
                 stop = min(start + chunk, num_bags)
                 idx = torch.stack((top[start:stop], bottom[start:stop]), dim=-1).view(-1)

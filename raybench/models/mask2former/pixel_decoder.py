@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .ms_deform_attn import multi_scale_deformable_attention
+from .ms_deform_attn import device_constant, multi_scale_deformable_attention
 from .position_encoding import sine_position_embedding
 
 
@@ -228,7 +228,8 @@ class MSDeformAttnPixelDecoder(nn.Module):
             dim=0,
         )
         reference_points = self.reference_points(shapes, device, dtype)
-        offset_normalizer = torch.tensor([[w, h] for h, w in shapes], dtype=dtype, device=device)
+        # Cached on the device: no host-to-device copy per step.
+        offset_normalizer = device_constant(tuple((w, h) for h, w in shapes), dtype, device)
         for layer in self.layers:
             src = layer(src, pos, reference_points, shapes, offset_normalizer)
 
