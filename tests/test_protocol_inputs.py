@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 
 import pytest
 import torch
@@ -375,8 +376,18 @@ def test_rcnn_batch_padding_is_zero_after_normalisation(smoke, name: str) -> Non
         x = _backbone_input(model, model.backbone, lambda: task.predict(model, batch))
         image_list, _ = model.transform([im.float() / 255 for im in images])
     assert torch.equal(x, image_list.tensors)
-    (h0, w0), (h1, w1) = image_list.image_sizes  # test short edge 64, max 128, divisibility 32
-    assert (h0, w0) == (64, 96) and (h1, w1) == (106, 64) and x.shape == (2, 3, 128, 96)
+    # torchvision's resize: scale = min(short / min(h, w), max_size / max(h, w)), floor of h, w
+    spec = trial.recipe.input
+
+    def resized(h: int, w: int) -> tuple[int, int]:
+        scale = min(spec.test_short_edge / min(h, w), spec.test_max_size / max(h, w))
+        return math.floor(h * scale), math.floor(w * scale)
+
+    (h0, w0), (h1, w1) = image_list.image_sizes
+    assert (h0, w0) == resized(40, 60) and (h1, w1) == resized(50, 30)
+    assert (h0, w0) != (40, 60) and (h1, w1) != (50, 30)  # the test sizes really resize
+    d = spec.size_divisibility
+    assert x.shape == (2, 3, -(-max(h0, h1) // d) * d, -(-max(w0, w1) // d) * d)
     torch.testing.assert_close(x[0, :, :h0, :w0], ((200 - mean) / std).expand(3, h0, w0))
     torch.testing.assert_close(x[1, :, :h1, :w1], ((40 - mean) / std).expand(3, h1, w1))
     assert (x[0, :, h0:] == 0.0).all() and (x[1, :, h1:] == 0.0).all() and (x[1, :, :, w1:] == 0.0).all()
