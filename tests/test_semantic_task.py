@@ -195,8 +195,10 @@ def test_upernet_refuses_a_single_image_micro_batch():
         model(torch.zeros(1, 3, 64, 64), torch.zeros(1, 64, 64, dtype=torch.int64))
 
 
-def test_optimizer_groups_follow_the_mask2former_recipe(smoke_file):
-    trial = load_study(smoke_file).trial("severstal-convnext_t-dinov3-full-s42").replace(backbone=REGNET)
+def test_optimizer_groups_follow_the_mask2former_recipe(repo_root):
+    # The paper's recipe (the smoke study raises backbone_lr_mult for its random-init backbones).
+    paper = load_study(repo_root / "experiments" / "paper.yaml", dry_run=True)
+    trial = paper.trial("severstal-convnext_t-dinov3-full-s42").replace(backbone=REGNET)
     task = build_task(trial)
     model = task.build_model(_meta())
     spec = trial.recipe.optimizer
