@@ -60,7 +60,7 @@ def gpu_trial(trial, iterations: int, workers: int, compile_: bool):
 
 
 def final_losses(out: Path) -> dict[str, float]:
-    from raybench.engine.reporting import read_metrics
+    from raybench.engine.sinks import read_metrics
 
     rows = [r for r in read_metrics(out / "metrics.jsonl") if any(k.startswith("train/loss") for k in r)]
     return {k: round(v, 5) for k, v in rows[-1].items() if k.startswith("train/loss")} if rows else {}

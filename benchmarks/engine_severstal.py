@@ -53,7 +53,7 @@ def main() -> int:
         return 2
     from raybench.data.synth import synthesize
     from raybench.engine import train
-    from raybench.engine.reporting import read_metrics
+    from raybench.engine.sinks import read_metrics
     from raybench.study import load_study
 
     work = Path(tempfile.mkdtemp(prefix="raybench-engine-severstal-"))

@@ -202,16 +202,17 @@ def run(args) -> dict:
 
     device = torch.device(args.device)
     torch.manual_seed(0)
-    head = m2f.Mask2FormerHead(
-        m2f.Mask2FormerConfig(
-            num_classes=args.classes,
-            in_channels=CHANNELS,
-            num_queries=args.queries,
-            enc_layers=args.enc_layers,
-            dec_layers=args.dec_layers,
-            num_points=args.points,
-        )
-    ).to(device)
+    from raybench.study.model_options import Mask2FormerOptions
+
+    options = Mask2FormerOptions(
+        num_queries=args.queries,
+        enc_layers=args.enc_layers,
+        dec_layers=args.dec_layers,
+        num_points=args.points,
+    )
+    head = m2f.Mask2FormerHead.from_options(options, num_classes=args.classes, in_channels=CHANNELS).to(
+        device
+    )
     head.train()
     features, sem = _inputs(args, torch, device)
     features = [f.requires_grad_(True) for f in features]

@@ -102,18 +102,16 @@ def _build(impl: str, args: argparse.Namespace, features, targets):
 
     cfg = _config(args)
     if impl == "port":
-        from raybench.models.mask2former import Mask2FormerConfig, Mask2FormerHead
+        from raybench.models.mask2former import Mask2FormerHead
+        from raybench.study.model_options import Mask2FormerOptions
 
-        model = Mask2FormerHead(
-            Mask2FormerConfig(
-                num_classes=args.classes,
-                in_channels=CHANNELS,
-                num_queries=cfg["num_queries"],
-                enc_layers=cfg["enc_layers"],
-                dec_layers=cfg["dec_layers"],
-                num_points=cfg["num_points"],
-            )
-        ).train()
+        options = Mask2FormerOptions(
+            num_queries=cfg["num_queries"],
+            enc_layers=cfg["enc_layers"],
+            dec_layers=cfg["dec_layers"],
+            num_points=cfg["num_points"],
+        )
+        model = Mask2FormerHead.from_options(options, num_classes=args.classes, in_channels=CHANNELS).train()
 
         def step() -> float:
             out = model(features)

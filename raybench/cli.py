@@ -99,9 +99,12 @@ def _add_grid(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_preflight(args: argparse.Namespace) -> int:
-    """Load the study (grid's checks where the data is visible), then the pre-flight checks."""
+    """Load the study (grid's checks where the data is visible), then the pre-flight checks;
+    their report and messages are raybench's log records, shown here as ``raybench run``
+    shows them (:func:`raybench.sweep.console.console_output`)."""
     from raybench.errors import UserInputError
     from raybench.preflight import preflight
+    from raybench.sweep.console import console_output
     from raybench.sweep.layout import ExperimentLayout
 
     if args.sample < 0:
@@ -118,7 +121,8 @@ def cmd_preflight(args: argparse.Namespace) -> int:
         from raybench.sweep.runner import SweepOptions, connect
 
         mode = connect(SweepOptions(address=args.address))
-    preflight(study, trials, storage, mode=mode, sample=args.sample, remote=True if args.remote else None)
+    with console_output():
+        preflight(study, trials, storage, mode=mode, sample=args.sample, remote=True if args.remote else None)
     return 0
 
 

@@ -1,7 +1,8 @@
 """Datasets of the study behind one factory, plus transforms, synthetic copies and checks.
 
 ``build_dataset(name, root, split, transforms=None, **options)`` returns a torch
-``Dataset`` of ``(image uint8 [3,H,W], target dict)`` items (design brief §3).
+``Dataset`` of ``(image uint8 [3,H,W], target dict)`` items (the item contract of
+docs/datasets.md). A map of the package is in docs/datasets.md ("Where the code is").
 """
 
 from raybench.data.base import IGNORE_INDEX, ImageInfo, InspectionDataset

@@ -17,7 +17,8 @@ from typing import Any
 import torch
 
 from raybench.data.errors import DatasetFormatError
-from raybench.data.registry import SPLITS, build_dataset, dataset_class
+from raybench.data.options import SPLITS
+from raybench.data.registry import build_dataset, dataset_class
 
 MAX_LISTED = 10
 
@@ -117,7 +118,7 @@ def _check_split(ds: Any, rep: SplitReport, report: CheckReport, max_images: int
         h, w = int(image.shape[1]), int(image.shape[2])
         try:
             target = ds.load_target(i, size=(h, w))
-            ds._check_target_size(i, image, target)
+            ds.check_target_size(i, image, target)
         except DatasetFormatError as exc:
             report.fatal.append(f"{rep.split}: {exc}")
             continue
@@ -161,7 +162,7 @@ def _check_split(ds: Any, rep: SplitReport, report: CheckReport, max_images: int
         report.fatal.append(f"{rep.split}: none of the {rep.checked} checked images could be decoded")
 
 
-def check_dataset(
+def check_dataset_files(
     name: str, root: str | Path, options: dict[str, Any] | None = None, max_images: int | None = None
 ) -> CheckReport:
     """Validate dataset ``name`` at ``root`` (both splits); never raises for bad data.

@@ -48,7 +48,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     """Validate a dataset on disk; exit 1 on fatal problems."""
-    from raybench.data.check import check_dataset, format_report
+    from raybench.data.check import check_dataset_files, format_report
     from raybench.data.registry import dataset_class, list_datasets
 
     try:
@@ -73,7 +73,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     except DatasetOptionError as exc:
         print(f"error: {exc} (dataset {args.name!r}, --option)", file=sys.stderr)
         return 2
-    report = check_dataset(args.name, args.root, options, max_images=args.max_images)
+    report = check_dataset_files(args.name, args.root, options, max_images=args.max_images)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2, default=str))
     else:

@@ -15,40 +15,23 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
-import numpy as np
-import torch
-
-from raybench.data.base import (
-    InspectionDataset,
-    check_choice,
-    check_fraction,
-    check_int,
-    check_text,
-    detection_target,
-    random_split,
-)
 from raybench.data.coco_json import (
-    add_annotation,
-    check_segmentation,
+    CocoJsonDataset,
     check_split_files,
-    decode_masks,
-    index_images,
-    load_json,
-    read_images,
+    known_image,
+    read_coco_file,
     require,
     require_list,
+    under_root,
 )
 from raybench.data.errors import DatasetFormatError
+from raybench.data.options import check_choice, check_random_split, check_texts
 from raybench.data.registry import register_dataset
-
-
-def _path(root: Path, value: str) -> Path:
-    p = Path(value)
-    return p if p.is_absolute() else root / p
+from raybench.data.splits import random_split
 
 
 @register_dataset("coco")
-class CocoDataset(InspectionDataset):
+class CocoDataset(CocoJsonDataset):
     """Generic COCO detection (``task="detection"``) or instance segmentation (``"instance"``).
 
     Images without (non-crowd) annotations: dropped from train, kept in val by default, as
@@ -58,7 +41,6 @@ class CocoDataset(InspectionDataset):
 
     #: The values of the ``task`` option (the study checks its ``task`` against them).
     TASKS: ClassVar[tuple[str, ...]] = ("detection", "instance")
-    EMPTY_IMAGES_DEFAULT: ClassVar[dict[str, str]] = {"train": "drop", "val": "keep"}
     OPTIONS: ClassVar[dict[str, Any]] = {
         "task": "detection",
         "train_annotations": "annotations/instances_train.json",
@@ -78,47 +60,41 @@ class CocoDataset(InspectionDataset):
         super().validate_options(options)
         if "task" in options:
             check_choice("task", options["task"], cls.TASKS)
-        for key in ("train_annotations", "val_annotations", "train_images", "val_images", "images"):
-            if key in options:
-                check_text(key, options[key])
-        if "annotations" in options:
-            check_text("annotations", options["annotations"], allow_none=True)
-        if "val_fraction" in options:
-            check_fraction("val_fraction", options["val_fraction"])
-        if "split_seed" in options:
-            check_int("split_seed", options["split_seed"], 0)
+        check_texts(options, ("train_annotations", "val_annotations", "train_images", "val_images", "images"))
+        check_texts(options, ("annotations",), allow_none=True)
+        check_random_split(options)
 
     def __init__(
         self,
         root: Path,
         split: str,
-        transforms: Any = None,
+        transforms: Any,
         *,
-        task: str = "detection",
-        train_annotations: str = "annotations/instances_train.json",
-        val_annotations: str = "annotations/instances_val.json",
-        train_images: str = "images/train",
-        val_images: str = "images/val",
-        annotations: str | None = None,
-        images: str = "images",
-        val_fraction: float = 0.2,
-        split_seed: int = 42,
-        empty_images: Mapping[str, str] | None = None,
-        skip_unreadable: bool = True,
+        task: str,
+        train_annotations: str,
+        val_annotations: str,
+        train_images: str,
+        val_images: str,
+        annotations: str | None,
+        images: str,
+        val_fraction: float,
+        split_seed: int,
+        empty_images: Mapping[str, str],
+        skip_unreadable: bool,
     ) -> None:
-        self._validate_own(locals())
-        super().__init__(root, split, transforms, skip_unreadable)
-        self.set_empty_policy(empty_images)
+        super().__init__(root, split, transforms, locals())
         self.task = task
         if annotations is not None:
-            path, image_dir = _path(self.root, annotations), _path(self.root, images)
+            path, image_dir = under_root(self.root, annotations), under_root(self.root, images)
         else:
-            paths = {"train": _path(self.root, train_annotations), "val": _path(self.root, val_annotations)}
-            dirs = {"train": _path(self.root, train_images), "val": _path(self.root, val_images)}
+            paths = {
+                "train": under_root(self.root, train_annotations),
+                "val": under_root(self.root, val_annotations),
+            }
+            dirs = {"train": under_root(self.root, train_images), "val": under_root(self.root, val_images)}
             path, image_dir = paths[split], dirs[split]
         self.annotation_path = path
-        data = load_json(path)
-        coco_images = read_images(data, path)
+        data, coco_images = read_coco_file(path)
         if annotations is None:
             check_split_files(split, paths, dirs, (im.file_name for im in coco_images.values()))
         cats = require_list(data, "categories", path)
@@ -144,24 +120,14 @@ class CocoDataset(InspectionDataset):
             img_id = require(ann, "image_id", where, path)
             cid = require(ann, "category_id", where, path)
             bbox = require(ann, "bbox", where, path)
-            if img_id not in coco_images:
-                raise DatasetFormatError(
-                    f"{path}: {where} (id {ann.get('id')!r}) refers to image_id {img_id!r}, "
-                    "which is not in 'images'"
-                )
+            img = known_image(coco_images, img_id, ann, where, path)
             if cid not in self.category_to_label:
                 raise DatasetFormatError(
                     f"{path}: {where} (id {ann.get('id')!r}) has category_id {cid!r}, which is not "
                     f"in 'categories' (known: {', '.join(map(repr, ordered))})"
                 )
-            if ann.get("iscrowd", 0):
-                self.stats["crowd_annotations_skipped"] += 1
-                continue
-            seg = None
-            if task == "instance":
-                seg = require(ann, "segmentation", where, path)
-                check_segmentation(self, seg, coco_images[img_id], where, path)
-            add_annotation(self, coco_images[img_id], bbox, self.category_to_label[cid], seg, where, path)
+            if not self.is_crowd(ann):
+                self.add_object(img, ann, bbox, self.category_to_label[cid], where, path)
         chosen = sorted(coco_images.values(), key=lambda im: im.file_name)
         option = None
         if annotations is not None:  # split first, then the policy: val keeps the same images
@@ -169,13 +135,5 @@ class CocoDataset(InspectionDataset):
             keep = train if split == "train" else val
             option = "val_fraction" if chosen and not keep else None
             chosen = [im for im in chosen if im.file_name in keep]
-        self._images = index_images(self, chosen, image_dir, path)
+        self._images = self.index_images(chosen, image_dir, path)
         self.finish_index(option=option)
-
-    def image_classes(self, i: int) -> list[int]:
-        return sorted(set(self._images[i].labels))
-
-    def load_target(self, i: int, size: tuple[int, int] | None = None) -> dict[str, torch.Tensor]:
-        img = self._images[i]
-        masks = decode_masks(img, self.annotation_path) if self.task == "instance" else None
-        return detection_target(np.array(img.boxes), np.array(img.labels), img.image_id, masks)

@@ -2,6 +2,7 @@
 
 Every structural problem is a :class:`DatasetFormatError` naming the file and the JSON path
 (``annotations[12]``) so a broken export is fixed at its source, not guessed around.
+:class:`CocoJsonDataset` is the base of both formats: it serves items from the images kept.
 """
 
 from __future__ import annotations
@@ -16,10 +17,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from pycocotools import mask as mask_utils
 
-from raybench.data.base import ImageInfo, InspectionDataset, check_disjoint, clip_boxes
+from raybench.data.base import InspectionDataset, clip_boxes, detection_target
 from raybench.data.errors import DatasetDataOptionError, DatasetFormatError
+from raybench.data.images import ImageInfo
+from raybench.data.splits import check_disjoint
+
+
+def under_root(root: Path, value: str) -> Path:
+    """An option's path: absolute as given, else relative to the dataset root."""
+    p = Path(value)
+    return p if p.is_absolute() else root / p
 
 
 def load_json(path: Path) -> Any:
@@ -99,6 +109,21 @@ def read_images(data: Any, path: Path) -> dict[Any, CocoImage]:
         int_id = img_id if isinstance(img_id, int) else i
         images[img_id] = CocoImage(int_id, file_name, w, h, where=where)
     return images
+
+
+def known_image(images: dict[Any, CocoImage], img_id: Any, ann: Any, where: str, path: Path) -> CocoImage:
+    """The image an annotation is on; an ``image_id`` not in ``images`` is an error."""
+    if img_id not in images:
+        raise DatasetFormatError(
+            f"{path}: {where} (id {ann.get('id')!r}) refers to image_id {img_id!r}, which is not in 'images'"
+        )
+    return images[img_id]
+
+
+def read_coco_file(path: Path) -> tuple[Any, dict[Any, CocoImage]]:
+    """``(parsed JSON, {image id: CocoImage})`` of an annotation file (its images checked)."""
+    data = load_json(path)
+    return data, read_images(data, path)
 
 
 def _is_number(v: Any) -> bool:
@@ -251,32 +276,6 @@ def decode_masks(img: CocoImage, path: Path) -> np.ndarray:
     return out
 
 
-def index_images(
-    ds: InspectionDataset, images: Iterable[CocoImage], image_dir: Path, path: Path
-) -> list[CocoImage]:
-    """Fill ``ds``'s index: the split's empty-image policy, then the file on disk, then its
-    header size against the JSON's (a mismatch would make every mask and box wrong)."""
-    kept: list[CocoImage] = []
-    for img in images:
-        if not ds.keep_image(len(img.boxes)):
-            continue
-        file = image_dir / img.file_name
-        if not file.is_file():
-            ds.note("missing_images", f"{file} (listed in {path.name})")
-            continue
-        size = ds.header_size(file)
-        if size is None:
-            continue
-        if size != (img.width, img.height):
-            raise DatasetFormatError(
-                f"{file}: image is {size[0]}x{size[1]} but {path.name} {img.where} lists it as "
-                f"{img.width}x{img.height} (boxes and masks would be misplaced)"
-            )
-        kept.append(img)
-        ds._infos.append(ImageInfo(file, img.width, img.height, img.image_id))
-    return kept
-
-
 @functools.lru_cache(maxsize=8)
 def _listed_files(path: str, mtime_ns: int, size: int) -> frozenset[str]:
     data = load_json(Path(path))
@@ -314,3 +313,62 @@ def check_split_files(
         {"train": lists["train"], "val": lists["val"]},
         f"{paths['train']} and {paths['val']} (images in the same folder {image_dirs[split]})",
     )
+
+
+class CocoJsonDataset(InspectionDataset):
+    """Base of the formats read from a COCO-style JSON file (``coco``, ``rareplanes``).
+
+    The subclass reads its file in ``__init__`` (:func:`read_coco_file`, :func:`known_image`,
+    :meth:`is_crowd`, :meth:`add_object`) and sets ``annotation_path`` and, with
+    :meth:`index_images`, ``_images``;
+    classes and targets (masks for ``task == "instance"``) are served from those.
+    """
+
+    annotation_path: Path
+    _images: list[CocoImage]
+
+    def is_crowd(self, ann: dict) -> bool:
+        """Crowd annotations are skipped (counted), as Detectron2 trains on non-crowd objects."""
+        if ann.get("iscrowd", 0):
+            self.stats["crowd_annotations_skipped"] += 1
+            return True
+        return False
+
+    def add_object(self, img: CocoImage, ann: dict, bbox: Any, label: int, where: str, path: Path) -> None:
+        """Keep one object of ``img``; instance formats need (and check) its segmentation."""
+        seg = None
+        if self.task == "instance":
+            seg = require(ann, "segmentation", where, path)
+            check_segmentation(self, seg, img, where, path)
+        add_annotation(self, img, bbox, label, seg, where, path)
+
+    def index_images(self, images: Iterable[CocoImage], image_dir: Path, path: Path) -> list[CocoImage]:
+        """Fill the index: the split's empty-image policy, then the file on disk, then its
+        header size against the JSON's (a mismatch would make every mask and box wrong)."""
+        kept: list[CocoImage] = []
+        for img in images:
+            if not self.keep_image(len(img.boxes)):
+                continue
+            file = image_dir / img.file_name
+            if not file.is_file():
+                self.note("missing_images", f"{file} (listed in {path.name})")
+                continue
+            size = self.header_size(file)
+            if size is None:
+                continue
+            if size != (img.width, img.height):
+                raise DatasetFormatError(
+                    f"{file}: image is {size[0]}x{size[1]} but {path.name} {img.where} lists it as "
+                    f"{img.width}x{img.height} (boxes and masks would be misplaced)"
+                )
+            kept.append(img)
+            self._infos.append(ImageInfo(file, img.width, img.height, img.image_id))
+        return kept
+
+    def image_classes(self, i: int) -> list[int]:
+        return sorted(set(self._images[i].labels))
+
+    def load_target(self, i: int, size: tuple[int, int] | None = None) -> dict[str, torch.Tensor]:
+        img = self._images[i]
+        masks = decode_masks(img, self.annotation_path) if self.task == "instance" else None
+        return detection_target(np.array(img.boxes), np.array(img.labels), img.image_id, masks)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import logging
 import os
 import re
 import shutil
@@ -33,6 +34,8 @@ from raybench.data.errors import DownloadError
 
 CHUNK = 1 << 20
 USER_AGENT = "raybench-data-fetch/0.1"
+
+log = logging.getLogger(__name__)
 
 
 class ManualDownloadRequired(DownloadError):
@@ -202,6 +205,7 @@ def download(
     headers = {"User-Agent": USER_AGENT}
     if offset:
         headers["Range"] = f"bytes={offset}-"
+    log.info("downloading %s to %s%s", url, path, f" (resuming at byte {offset})" if offset else "")
     try:
         resp = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
     except urllib.error.HTTPError as exc:
@@ -271,6 +275,7 @@ def _extract(archive: Path, dest: Path, target: str, marker: str) -> Path:
     final = dest / target
     if final.is_dir() and any(final.glob(marker)):
         return final  # already unpacked
+    log.info("unpacking %s into %s", archive, final)
     tmp = dest / f".extract-{archive.name}"
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -307,7 +312,6 @@ def fetch(
     base_url: str | None = None,
     progress: bool = True,
     extract: bool = True,
-    keep_archives: bool = True,
 ) -> list[Path]:
     """Download dataset ``name`` into ``dest`` in the layout its loader reads.
 
@@ -335,8 +339,6 @@ def fetch(
         local = download(f"{base}/{f.key}", dest / f.dest, f.size, f.sha256, progress=progress)
         if extract and f.extract_to is not None:
             out.append(_extract(local, dest, f.extract_to, f.marker or "*"))
-            if not keep_archives:
-                local.unlink()
         else:
             out.append(local)
     return out

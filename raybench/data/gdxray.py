@@ -21,19 +21,27 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from raybench.data.base import (
-    ImageInfo,
-    InspectionDataset,
-    clip_boxes,
-    detection_target,
-    series_ranges,
-)
+from raybench.data.base import InspectionDataset, clip_boxes, detection_target
 from raybench.data.errors import DatasetDataOptionError, DatasetFormatError, DatasetOptionError
+from raybench.data.images import ImageInfo
 from raybench.data.registry import register_dataset
 
-DEFAULT_VAL_SERIES: tuple[int, ...] = (3, 32, 45, 54, 61, 87)
-DEFAULT_EXCLUDE_SERIES: tuple[int, ...] = (55,)
 _SERIES_RE = re.compile(r"^C(\d{4})$")
+
+
+def series_ranges(values: Iterable[int]) -> str:
+    """``[1, 2, 3, 5]`` -> ``"C0001..C0003, C0005"`` (compact lists in messages)."""
+    ordered = sorted(set(values))
+    parts: list[str] = []
+    i = 0
+    while i < len(ordered):
+        j = i
+        while j + 1 < len(ordered) and ordered[j + 1] == ordered[j] + 1:
+            j += 1
+        a, b = f"C{ordered[i]:04d}", f"C{ordered[j]:04d}"
+        parts.append(a if i == j else f"{a}..{b}")
+        i = j + 1
+    return ", ".join(parts) if parts else "none"
 
 
 def parse_ground_truth(path: Path) -> list[tuple[int, list[float], int]]:
@@ -83,8 +91,8 @@ class GDXrayDataset(InspectionDataset):
     default (Table 1's 706 / 356 are the images that carry boxes)."""
 
     OPTIONS: ClassVar[dict[str, Any]] = {
-        "val_series": DEFAULT_VAL_SERIES,
-        "exclude_series": DEFAULT_EXCLUDE_SERIES,
+        "val_series": (3, 32, 45, 54, 61, 87),  # the paper's val series
+        "exclude_series": (55,),
         "empty_images": {"train": "drop", "val": "drop"},
         "skip_unreadable": True,
     }
@@ -95,8 +103,8 @@ class GDXrayDataset(InspectionDataset):
     @classmethod
     def validate_options(cls, options: Any) -> None:
         super().validate_options(options)
-        val = as_series(options.get("val_series", DEFAULT_VAL_SERIES), "val_series")
-        excluded = as_series(options.get("exclude_series", DEFAULT_EXCLUDE_SERIES), "exclude_series")
+        val = as_series(options.get("val_series", cls.OPTIONS["val_series"]), "val_series")
+        excluded = as_series(options.get("exclude_series", cls.OPTIONS["exclude_series"]), "exclude_series")
         both = sorted(val & excluded)
         if both:
             raise DatasetOptionError(
@@ -109,16 +117,14 @@ class GDXrayDataset(InspectionDataset):
         self,
         root: Path,
         split: str,
-        transforms: Any = None,
+        transforms: Any,
         *,
-        val_series: Iterable[Any] = DEFAULT_VAL_SERIES,
-        exclude_series: Iterable[Any] = DEFAULT_EXCLUDE_SERIES,
-        empty_images: Mapping[str, str] | None = None,
-        skip_unreadable: bool = True,
+        val_series: Iterable[Any],
+        exclude_series: Iterable[Any],
+        empty_images: Mapping[str, str],
+        skip_unreadable: bool,
     ) -> None:
-        self._validate_own(locals())
-        super().__init__(root, split, transforms, skip_unreadable)
-        self.set_empty_policy(empty_images)
+        super().__init__(root, split, transforms, locals())
         self.class_names = ["defect"]
         base = self.root / "Castings" if (self.root / "Castings").is_dir() else self.root
         entries = sorted(base.iterdir()) if base.is_dir() else []

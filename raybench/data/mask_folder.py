@@ -8,31 +8,34 @@ Mask values: 0 = background, 1..K = classes, 255 = ignore. Class names come from
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
-from raybench.data.base import (
-    IGNORE_INDEX,
+from raybench.data.base import IGNORE_INDEX, InspectionDataset
+from raybench.data.errors import DatasetFormatError
+from raybench.data.images import (
     ImageInfo,
-    InspectionDataset,
-    by_unique_stem,
-    check_disjoint,
-    check_fraction,
-    check_int,
     check_lossless_mask,
+    check_mask_shape,
     check_mask_size,
-    check_names,
-    check_text,
-    find_repeats,
-    list_images,
-    random_split,
+    images_by_stem,
     read_mask,
 )
-from raybench.data.errors import DatasetFormatError
+from raybench.data.options import check_names, check_random_split, check_texts
 from raybench.data.registry import register_dataset
+from raybench.data.splits import check_disjoint, random_split
+
+
+def find_repeats(items: Sequence[Any]) -> dict[Any, list[int]]:
+    """Items listed more than once -> the positions they occur at."""
+    where: dict[Any, list[int]] = {}
+    for i, item in enumerate(items):
+        where.setdefault(item, []).append(i)
+    return {k: v for k, v in where.items() if len(v) > 1}
 
 
 def read_class_file(path: Path) -> list[str]:
@@ -84,33 +87,27 @@ class MaskFolderDataset(InspectionDataset):
     @classmethod
     def validate_options(cls, options: Any) -> None:
         super().validate_options(options)
-        for key in ("image_dir", "mask_dir", "classes_file", "splits_dir"):
-            if key in options:
-                check_text(key, options[key])
+        check_texts(options, ("image_dir", "mask_dir", "classes_file", "splits_dir"))
         if "class_names" in options:
             check_names("class_names", options["class_names"])
-        if "val_fraction" in options:
-            check_fraction("val_fraction", options["val_fraction"])
-        if "split_seed" in options:
-            check_int("split_seed", options["split_seed"], 0)
+        check_random_split(options)
 
     def __init__(
         self,
         root: Path,
         split: str,
-        transforms: Any = None,
+        transforms: Any,
         *,
-        image_dir: str = "images",
-        mask_dir: str = "masks",
-        class_names: list[str] | None = None,
-        classes_file: str = "classes.txt",
-        splits_dir: str = "splits",
-        val_fraction: float = 0.2,
-        split_seed: int = 42,
-        skip_unreadable: bool = True,
+        image_dir: str,
+        mask_dir: str,
+        class_names: list[str] | None,
+        classes_file: str,
+        splits_dir: str,
+        val_fraction: float,
+        split_seed: int,
+        skip_unreadable: bool,
     ) -> None:
-        self._validate_own(locals())
-        super().__init__(root, split, transforms, skip_unreadable)
+        super().__init__(root, split, transforms, locals())
         if class_names is not None:
             self.class_names = [str(n) for n in class_names]
         elif (self.root / classes_file).is_file():
@@ -123,8 +120,8 @@ class MaskFolderDataset(InspectionDataset):
         self.num_classes = len(self.class_names)
         if not (self.root / image_dir).is_dir():
             raise DatasetFormatError(f"mask_folder: image folder not found: {self.root / image_dir}")
-        by_stem = by_unique_stem(list_images(self.root / image_dir), "mask_folder")
-        masks = by_unique_stem(list_images(self.root / mask_dir), "mask_folder")
+        by_stem = images_by_stem(self.root / image_dir, "mask_folder")
+        masks = images_by_stem(self.root / mask_dir, "mask_folder")
         for stem, mask in masks.items():
             if stem in by_stem:
                 check_lossless_mask(mask, "mask_folder")
@@ -180,9 +177,5 @@ class MaskFolderDataset(InspectionDataset):
 
     def load_target(self, i: int, size: tuple[int, int] | None = None) -> dict[str, torch.Tensor]:
         mask = self._read(i)
-        if size is not None and mask.shape != tuple(size):
-            raise DatasetFormatError(
-                f"{self._masks[i]}: mask is {mask.shape[1]}x{mask.shape[0]} but image "
-                f"{self._infos[i].path.name} is {size[1]}x{size[0]}"
-            )
+        check_mask_shape(mask, self._masks[i], self._infos[i].path, size)
         return {"sem_seg": torch.from_numpy(mask).to(torch.int64)}

@@ -20,34 +20,22 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
-import numpy as np
-import torch
-
-from raybench.data.base import (
-    InspectionDataset,
-    check_choice,
-    check_names,
-    check_text,
-    detection_target,
-)
 from raybench.data.coco_json import (
-    add_annotation,
-    check_segmentation,
+    CocoJsonDataset,
     check_split_files,
-    decode_masks,
-    index_images,
-    load_json,
-    read_images,
+    known_image,
+    read_coco_file,
     require,
     require_list,
+    under_root,
 )
 from raybench.data.errors import DatasetDataOptionError, DatasetFormatError, DatasetOptionError
+from raybench.data.options import check_choice, check_names, check_text, check_texts
 from raybench.data.registry import register_dataset
 
 #: The paper's 3 classes, our reading: the three civil values of the per-object "role"
 #: attribute (role ids 1..3 of RarePlanes). The real tiles also carry military roles
 #: (MILITARY_ROLES); which objects those become is the ``unmapped`` option's choice.
-DEFAULT_CLASS_ATTRIBUTE = "role"
 DEFAULT_CLASS_MAP: dict[str, int] = {
     "Small Civil Transport/Utility": 1,
     "Medium Civil Transport/Utility": 2,
@@ -81,8 +69,7 @@ def _candidates(split: str) -> tuple[list[str], list[str]]:
 
 def _resolve(root: Path, value: str | None, candidates: list[str], what: str) -> Path:
     if value is not None:
-        p = Path(value)
-        return p if p.is_absolute() else root / p
+        return under_root(root, value)
     for c in candidates:
         if (root / c).exists():
             return root / c
@@ -135,7 +122,7 @@ def _resolved_names(class_map: Any, class_names: Any) -> tuple[dict, Any]:
 
 
 @register_dataset("rareplanes")
-class RarePlanesDataset(InspectionDataset):
+class RarePlanesDataset(CocoJsonDataset):
     """RarePlanes instance segmentation; train = official train, val = official test.
 
     Tiles without an object of the K classes are dropped in both splits by default (Table 1:
@@ -143,7 +130,7 @@ class RarePlanesDataset(InspectionDataset):
     """
 
     OPTIONS: ClassVar[dict[str, Any]] = {
-        "class_attribute": DEFAULT_CLASS_ATTRIBUTE,
+        "class_attribute": "role",
         "class_map": DEFAULT_CLASS_MAP,
         "class_names": DEFAULT_CLASS_NAMES,
         "unmapped": "error",
@@ -167,12 +154,13 @@ class RarePlanesDataset(InspectionDataset):
             check_choice("unmapped", options["unmapped"], UNMAPPED_RULES)
         if "attribute_source" in options:
             check_choice("attribute_source", options["attribute_source"], ATTRIBUTE_SOURCES)
-        for key in ("train_annotations", "val_annotations", "train_images", "val_images"):
-            if key in options:
-                check_text(key, options[key], allow_none=True)
+        check_texts(
+            options, ("train_annotations", "val_annotations", "train_images", "val_images"), allow_none=True
+        )
         if "class_map" in options or "class_names" in options:
             class_map, class_names = _resolved_names(
-                options.get("class_map", DEFAULT_CLASS_MAP), options.get("class_names", DEFAULT_CLASS_NAMES)
+                options.get("class_map", cls.OPTIONS["class_map"]),
+                options.get("class_names", cls.OPTIONS["class_names"]),
             )
             class_table(class_map, class_names)
 
@@ -180,23 +168,21 @@ class RarePlanesDataset(InspectionDataset):
         self,
         root: Path,
         split: str,
-        transforms: Any = None,
+        transforms: Any,
         *,
-        class_attribute: str = DEFAULT_CLASS_ATTRIBUTE,
-        class_map: dict[Any, int] | None = None,
-        class_names: list[str] | tuple[str, ...] | None = None,
-        unmapped: str = "error",
-        attribute_source: str = "auto",
-        train_annotations: str | None = None,
-        val_annotations: str | None = None,
-        train_images: str | None = None,
-        val_images: str | None = None,
-        empty_images: Mapping[str, str] | None = None,
-        skip_unreadable: bool = True,
+        class_attribute: str,
+        class_map: dict[Any, int] | None,
+        class_names: list[str] | tuple[str, ...] | None,
+        unmapped: str,
+        attribute_source: str,
+        train_annotations: str | None,
+        val_annotations: str | None,
+        train_images: str | None,
+        val_images: str | None,
+        empty_images: Mapping[str, str],
+        skip_unreadable: bool,
     ) -> None:
-        self._validate_own(locals())
-        super().__init__(root, split, transforms, skip_unreadable)
-        self.set_empty_policy(empty_images)
+        super().__init__(root, split, transforms, locals())
         class_map, class_names = _resolved_names(class_map, class_names)
         self.class_names = class_table(class_map, class_names)
         self.num_classes = len(self.class_names)
@@ -213,8 +199,7 @@ class RarePlanesDataset(InspectionDataset):
             f"image folder for split {split!r} ({OFFICIAL_SPLIT[split]}/PS-RGB_tiled)",
         )
         path = self.annotation_path
-        data = load_json(path)
-        images = read_images(data, path)
+        data, images = read_coco_file(path)
         self._check_other_split(split, given, path, image_dir, images)
         annotations = require_list(data, "annotations", path)
         categories = data.get("categories", []) if isinstance(data, dict) else []
@@ -231,13 +216,8 @@ class RarePlanesDataset(InspectionDataset):
             where = f"annotations[{j}]"
             img_id = require(ann, "image_id", where, path)
             bbox = require(ann, "bbox", where, path)
-            if img_id not in images:
-                raise DatasetFormatError(
-                    f"{path}: {where} (id {ann.get('id')!r}) refers to image_id {img_id!r}, "
-                    "which is not in 'images'"
-                )
-            if ann.get("iscrowd", 0):
-                self.stats["crowd_annotations_skipped"] += 1
+            img = known_image(images, img_id, ann, where, path)
+            if self.is_crowd(ann):
                 continue
             value, source = self._attribute(ann, categories, j, aligned, attribute_source, path)
             objects[str(value)] += 1
@@ -253,9 +233,7 @@ class RarePlanesDataset(InspectionDataset):
                 continue
             if unmapped_seen and unmapped == "error":
                 continue  # the error below is certain: only the census is still needed
-            seg = require(ann, "segmentation", where, path)
-            check_segmentation(self, seg, images[img_id], where, path)
-            add_annotation(self, images[img_id], bbox, label, seg, where, path)
+            self.add_object(img, ann, bbox, label, where, path)
         names = {str(k): self.class_names[int(v) - 1] for k, v in class_map.items()}
         self.class_census = {
             "attribute": class_attribute,
@@ -267,7 +245,7 @@ class RarePlanesDataset(InspectionDataset):
         if unmapped_seen:
             self._unmapped(unmapped, unmapped_seen, objects, class_map, path)
         chosen = sorted(images.values(), key=lambda im: im.file_name)
-        self._images = index_images(self, chosen, image_dir, path)
+        self._images = self.index_images(chosen, image_dir, path)
         self.finish_index()
 
     def _check_other_split(self, split: str, given: dict, path: Path, image_dir: Path, images: dict) -> None:
@@ -325,11 +303,3 @@ class RarePlanesDataset(InspectionDataset):
             f"(one attribute record per annotation; file has {len(categories)} categories records) "
             "or in the annotation itself"
         )
-
-    def image_classes(self, i: int) -> list[int]:
-        return sorted(set(self._images[i].labels))
-
-    def load_target(self, i: int, size: tuple[int, int] | None = None) -> dict[str, torch.Tensor]:
-        img = self._images[i]
-        masks = decode_masks(img, self.annotation_path)
-        return detection_target(np.array(img.boxes), np.array(img.labels), img.image_id, masks)

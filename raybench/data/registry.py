@@ -1,19 +1,57 @@
 """Name -> dataset class registry: one factory (:func:`build_dataset`) for every format.
 
-Each registered class declares ``OPTIONS`` (name -> default); unknown names and unknown
-options fail early with a message that lists what is known, because a typo in a study
-file should not silently fall back to a default.
+Each registered class declares ``OPTIONS`` (name -> default), the one place its defaults are
+written: its constructor takes the same names keyword-only and without defaults, which
+:func:`register_dataset` checks. Unknown names and unknown options fail early with a message
+that lists what is known, because a typo in a study file should not silently fall back to a
+default.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-SPLITS: tuple[str, ...] = ("train", "val")
+from raybench.data.options import SPLITS
 
 _REGISTRY: dict[str, type] = {}
+#: The constructor's parameters before its keyword-only options.
+POSITIONAL: tuple[str, ...] = ("self", "root", "split", "transforms")
+
+
+def check_constructor(cls: type) -> None:
+    """``cls.__init__`` takes exactly ``cls.OPTIONS``, keyword-only and without defaults, after
+    ``(root, split, transforms)``: a second default in the signature could disagree with
+    ``OPTIONS`` (what ``dataset_options`` and the study checks read). ``TypeError`` otherwise."""
+    if not isinstance(getattr(cls, "OPTIONS", None), dict):
+        raise TypeError(f"{cls.__name__} needs an OPTIONS dict (option name -> default)")
+    if "skip_unreadable" not in cls.OPTIONS:
+        raise TypeError(
+            f"{cls.__name__}.OPTIONS must declare skip_unreadable (how unreadable images are handled)"
+        )
+    params = list(inspect.signature(cls.__init__).parameters.values())
+    positional = tuple(p.name for p in params if p.kind is not p.KEYWORD_ONLY)
+    if positional != POSITIONAL:
+        raise TypeError(
+            f"{cls.__name__}.__init__ must take ({', '.join(POSITIONAL[1:])}) before its keyword-only "
+            f"options, got ({', '.join(positional[1:])})"
+        )
+    keyword = {p.name: p for p in params if p.kind is p.KEYWORD_ONLY}
+    missing = sorted(set(cls.OPTIONS) - set(keyword))
+    extra = sorted(set(keyword) - set(cls.OPTIONS))
+    if missing or extra:
+        raise TypeError(
+            f"{cls.__name__}.__init__ keyword-only parameters must be the OPTIONS: "
+            f"missing {missing or 'none'}, not in OPTIONS {extra or 'none'}"
+        )
+    with_default = sorted(n for n, p in keyword.items() if p.default is not p.empty)
+    if with_default:
+        raise TypeError(
+            f"{cls.__name__}.__init__ gives defaults to {', '.join(with_default)}; "
+            "write defaults only in OPTIONS (build_dataset passes every option)"
+        )
 
 
 def register_dataset(name: str) -> Callable[[type], type]:
@@ -22,8 +60,7 @@ def register_dataset(name: str) -> Callable[[type], type]:
     def deco(cls: type) -> type:
         if name in _REGISTRY and _REGISTRY[name] is not cls:
             raise ValueError(f"dataset {name!r} is already registered ({_REGISTRY[name].__name__})")
-        if not isinstance(getattr(cls, "OPTIONS", None), dict):
-            raise TypeError(f"{cls.__name__} needs an OPTIONS dict (option name -> default)")
+        check_constructor(cls)
         cls.name = name
         _REGISTRY[name] = cls
         return cls

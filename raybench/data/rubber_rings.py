@@ -14,22 +14,20 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from raybench.data.base import (
+from raybench.data.base import InspectionDataset
+from raybench.data.errors import DatasetFormatError
+from raybench.data.images import (
     IMAGE_SUFFIXES,
     ImageInfo,
-    InspectionDataset,
-    by_unique_stem,
-    check_bool,
-    check_fraction,
-    check_int,
     check_lossless_mask,
+    check_mask_shape,
     check_mask_size,
-    list_images,
+    images_by_stem,
     read_mask,
-    stratified_split,
 )
-from raybench.data.errors import DatasetFormatError
+from raybench.data.options import check_bool, check_int, check_random_split
 from raybench.data.registry import register_dataset
+from raybench.data.splits import stratified_split
 
 CLASS_NAMES: tuple[str, ...] = (
     "Large_bubble",
@@ -79,10 +77,7 @@ class RubberRingsDataset(InspectionDataset):
     @classmethod
     def validate_options(cls, options: Any) -> None:
         super().validate_options(options)
-        if "val_fraction" in options:
-            check_fraction("val_fraction", options["val_fraction"])
-        if "split_seed" in options:
-            check_int("split_seed", options["split_seed"], 0)
+        check_random_split(options)
         if "mask_threshold" in options:
             check_int("mask_threshold", options["mask_threshold"], 0, 254)
         if "include_good" in options:
@@ -92,16 +87,15 @@ class RubberRingsDataset(InspectionDataset):
         self,
         root: Path,
         split: str,
-        transforms: Any = None,
+        transforms: Any,
         *,
-        val_fraction: float = 0.2,
-        split_seed: int = 42,
-        mask_threshold: int = 30,
-        include_good: bool = False,
-        skip_unreadable: bool = True,
+        val_fraction: float,
+        split_seed: int,
+        mask_threshold: int,
+        include_good: bool,
+        skip_unreadable: bool,
     ) -> None:
-        self._validate_own(locals())
-        super().__init__(root, split, transforms, skip_unreadable)
+        super().__init__(root, split, transforms, locals())
         self.class_names = list(CLASS_NAMES)
         self.mask_threshold = int(mask_threshold)
         present = [p for p in PARTS if (self.root / p / "images").is_dir()]
@@ -126,7 +120,7 @@ class RubberRingsDataset(InspectionDataset):
                     self.note("unknown_defect_folders", f"{folder} (known: {', '.join(CLASS_NAMES)})")
                     continue
                 gt_dir = self.root / part / "ground_truth" / folder.name
-                for image in by_unique_stem(list_images(folder), "rubber_rings").values():
+                for image in images_by_stem(folder, "rubber_rings").values():
                     mask = None
                     if cls_id:
                         mask = find_mask(gt_dir, image)
@@ -165,10 +159,6 @@ class RubberRingsDataset(InspectionDataset):
             h, w = size if size is not None else (info.height, info.width)
             return {"sem_seg": torch.zeros((h, w), dtype=torch.int64)}
         mask = read_mask(mask_path)
-        if size is not None and mask.shape != tuple(size):
-            raise DatasetFormatError(
-                f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but image "
-                f"{info.path.name} is {size[1]}x{size[0]}"
-            )
+        check_mask_shape(mask, mask_path, info.path, size)
         sem = np.where(mask > self.mask_threshold, np.uint8(self._classes[i]), np.uint8(0))
         return {"sem_seg": torch.from_numpy(sem).to(torch.int64)}

@@ -14,20 +14,12 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from raybench.data.base import (
-    IGNORE_INDEX,
-    ImageInfo,
-    InspectionDataset,
-    check_bool,
-    check_choice,
-    check_fraction,
-    check_int,
-    check_text,
-    list_images,
-    random_split,
-)
+from raybench.data.base import IGNORE_INDEX, InspectionDataset
 from raybench.data.errors import DatasetFormatError
+from raybench.data.images import ImageInfo, list_images
+from raybench.data.options import check_bool, check_choice, check_random_split, check_texts
 from raybench.data.registry import register_dataset
+from raybench.data.splits import random_split
 
 NUM_CLASSES = 4
 SEVERSTAL_SHAPE: tuple[int, int] = (256, 1600)  # (height, width) of the real images
@@ -217,15 +209,10 @@ class SeverstalDataset(InspectionDataset):
     @classmethod
     def validate_options(cls, options: Any) -> None:
         super().validate_options(options)
-        for key in ("csv_file", "image_dir"):
-            if key in options:
-                check_text(key, options[key])
+        check_texts(options, ("csv_file", "image_dir"))
         if "only_defective" in options:
             check_bool("only_defective", options["only_defective"])
-        if "val_fraction" in options:
-            check_fraction("val_fraction", options["val_fraction"])
-        if "split_seed" in options:
-            check_int("split_seed", options["split_seed"], 0)
+        check_random_split(options)
         if "overlap" in options:
             check_choice("overlap", options["overlap"], cls.OVERLAP_RULES)
 
@@ -233,18 +220,17 @@ class SeverstalDataset(InspectionDataset):
         self,
         root: Path,
         split: str,
-        transforms: Any = None,
+        transforms: Any,
         *,
-        csv_file: str = "train.csv",
-        image_dir: str = "train_images",
-        only_defective: bool = True,
-        val_fraction: float = 0.2,
-        split_seed: int = 42,
-        overlap: str = "last",
-        skip_unreadable: bool = True,
+        csv_file: str,
+        image_dir: str,
+        only_defective: bool,
+        val_fraction: float,
+        split_seed: int,
+        overlap: str,
+        skip_unreadable: bool,
     ) -> None:
-        self._validate_own(locals())
-        super().__init__(root, split, transforms, skip_unreadable)
+        super().__init__(root, split, transforms, locals())
         self.class_names = [f"defect_{c}" for c in range(1, NUM_CLASSES + 1)]
         self.overlap = overlap
         self.csv_path = self.root / csv_file

@@ -200,6 +200,11 @@ def restore_rng(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(cuda)
 
 
+def derived_seed(*parts: int) -> int:
+    """A 32-bit seed for a stream of its own (a worker, a loader), from ``parts``."""
+    return int(np.random.SeedSequence(list(parts)).generate_state(1, np.uint32)[0])
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (all devices) with ``seed``."""
     random.seed(seed)

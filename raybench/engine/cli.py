@@ -19,7 +19,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("runs") / study.name / trial.name
     # Before data and model are built: a read-only --out would fail only at the first write.
     probe_folder(out, OutputDirError, "output folder (--out)")
-    final = train(trial, out, resume=args.resume)
+    # verbose: the run's progress (engine log records) on this console, unless logging was
+    # configured elsewhere (then its handlers show them).
+    final = train(trial, out, resume=args.resume, verbose=True)
     shown = {
         k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in final.items() if "AP-" not in k
     }

@@ -70,8 +70,3 @@ def any_worker(flag: bool, device: torch.device) -> bool:
     t = torch.tensor([1.0 if flag else 0.0], device=device if dist.get_backend() == "nccl" else "cpu")
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item() > 0)
-
-
-def barrier() -> None:
-    if is_distributed():
-        dist.barrier()

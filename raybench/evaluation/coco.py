@@ -1,7 +1,8 @@
 """COCO box / mask AP (pycocotools) from in-memory targets and predictions.
 
-Why in memory: every raybench dataset yields §3 targets, so the ground truth is built from
-the same items the model sees, whatever the on-disk format; no COCO JSON is needed.
+Why in memory: every raybench dataset yields targets of one contract (docs/datasets.md, the
+item contract), so the ground truth is built from the same items the model sees, whatever the
+on-disk format; no COCO JSON is needed.
 Each worker evaluates its shard of the validation set; :meth:`CocoEvaluator.evaluate`
 gathers all shards (``torch.distributed.all_gather_object`` by default, injectable for
 tests) before pycocotools runs, so the numbers do not depend on the number of workers.
@@ -83,9 +84,9 @@ class CocoEvaluator:
     """Accumulate (target, prediction) pairs, then compute COCO AP over all workers.
 
     ``iou_types``: ``("bbox",)`` for detection, ``("bbox", "segm")`` for instance
-    segmentation. Targets follow the §3 contract (``boxes`` xyxy, ``labels`` 1..K,
-    ``image_id``, ``masks`` for segm); predictions are torchvision's detector outputs
-    (``boxes``, ``labels``, ``scores``, ``masks`` as ``[N, 1, H, W]`` probabilities), in
+    segmentation. Targets follow the item contract of docs/datasets.md (``boxes`` xyxy,
+    ``labels`` 1..K, ``image_id``, ``masks`` for segm); predictions are torchvision's detector
+    outputs (``boxes``, ``labels``, ``scores``, ``masks`` as ``[N, 1, H, W]`` probabilities), in
     the same pixel frame as the targets.
     """
 

@@ -1,5 +1,9 @@
 """Semantic-segmentation metrics from a dataset-level confusion matrix (Detectron2's SemSegEvaluator).
 
+:class:`SemSegEvaluator` is the pure metric: it counts pixels into one confusion matrix and
+computes the metrics from it; it gathers nothing across workers. The semantic task's evaluator
+(:mod:`raybench.tasks.semantic`) gathers every worker's matrix and hands the sum to it.
+
 The confusion matrix is accumulated over the whole split, not averaged per image: IoU of class c is
 ``TP / (TP + FP + FN)`` summed over all pixels of all images, as Detectron2 (and the paper's Mask2Former
 runs) report it. Ground-truth pixels equal to ``ignore_index`` are not counted anywhere.
@@ -27,7 +31,7 @@ Metrics of :meth:`SemSegEvaluator.evaluate`:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -40,7 +44,9 @@ def _as_long_tensor(x: Any, device: torch.device) -> Tensor:
 
 
 class SemSegEvaluator:
-    """Accumulate ``process(pred, gt)`` over a split, then ``evaluate()``; see the module docstring.
+    """The confusion-matrix metric: accumulate ``process(pred, gt)`` over a split (``merge`` adds
+    another shard's counts), then ``evaluate()``; see the module docstring. No gathering across
+    workers happens here: the caller sums the matrices.
 
     Args:
         num_classes: K, class ids 0..K-1.
@@ -124,29 +130,6 @@ class SemSegEvaluator:
         self.confusion += other.confusion.to(self.confusion.device)
         if self.per_image and other.per_image:
             self._image_stats += [s.to(self.confusion.device) for s in other._image_stats]
-
-    def sync(self, all_reduce_fn: Callable[[Tensor], Tensor | None] | None = None) -> None:
-        """Sum the confusion matrix over workers.
-
-        ``all_reduce_fn`` receives the int64 confusion tensor and must sum it across workers, in place
-        or by returning the sum. Without it, ``torch.distributed`` is used when initialised (the
-        tensor travels through the GPU for NCCL); otherwise this is a no-op (single process).
-        """
-        if all_reduce_fn is not None:
-            result = all_reduce_fn(self.confusion)
-            if result is not None and result is not self.confusion:
-                self.confusion.copy_(result)
-            return
-        import torch.distributed as dist
-
-        if not (dist.is_available() and dist.is_initialized()):
-            return
-        tensor = self.confusion
-        if dist.get_backend() == "nccl" and tensor.device.type != "cuda":
-            tensor = tensor.to(torch.device("cuda", torch.cuda.current_device()))
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-        if tensor is not self.confusion:
-            self.confusion.copy_(tensor.to(self.confusion.device))
 
     def evaluate(self) -> dict[str, float]:
         """Metrics in percent (see the module docstring); NaN for classes without ground truth."""

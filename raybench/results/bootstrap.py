@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from raybench.evaluation.records import Records
+from raybench.evaluation.records import Records, is_close
 
 #: Default number of resamples and confidence level.
 RESAMPLES = 1000
@@ -174,7 +174,7 @@ def bootstrap_report(
             for t, part in zip(fin, parts):
                 values = part.compute(c.metric, _aligned(part, universe, w))
                 point = float(part.compute(c.metric, np.ones((1, len(part.images)), np.int64))[0])
-                if not _close(point, t.final):
+                if not is_close(point, t.final):  # the store's float64 vs records' ~1e-12
                     got = f"records give {c.metric} = {point:.4f}, the store {t.final:.4f}"
                     out.notes.append(f"{t.trial}: {got}; no interval")
                     per_seed = []
@@ -225,15 +225,6 @@ def bootstrap_report(
 
 def _row_hash(row: Any) -> int:
     return zlib.crc32("|".join(map(str, row)).encode())
-
-
-def _close(a: float, b: float | None, tol: float = 1e-6) -> bool:
-    """The store keeps the evaluator's float64; records recompute it to ~1e-12."""
-    if b is None:
-        return False
-    if math.isnan(a) or math.isnan(b):
-        return math.isnan(a) and math.isnan(b)
-    return abs(a - b) <= tol
 
 
 def _records_of(

@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
+
+#: The default resamples, ``raybench.results.bootstrap.RESAMPLES`` (not imported: numpy would
+#: slow down ``raybench --help``). Fewer are allowed for a quick look, with a warning: the
+#: interval ends (2.5th / 97.5th percentiles) then rest on few draws and move with the seed.
+RECOMMENDED_RESAMPLES = 1000
 
 
 def default_out(experiment: str) -> Path:
@@ -46,12 +52,44 @@ def check_experiment(experiment: str) -> None:
         )
 
 
+def resamples_arg(text: str) -> int:
+    """``--bootstrap-resamples``: a whole number >= 1 (argparse turns the error into usage +
+    one ``error:`` line, exit status 2)."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number of resamples >= 1 ({RECOMMENDED_RESAMPLES} or more for reported "
+            f"intervals), got {text!r}"
+        )
+    return n
+
+
+def seed_arg(text: str) -> int:
+    """``--bootstrap-seed``: a whole number >= 0 (numpy's seed sequences take no negatives)."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return n
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from raybench.errors import OutputDirError
     from raybench.probe import probe_folder
     from raybench.results.report import build_report
 
     check_experiment(args.experiment)
+    if args.bootstrap_resamples < RECOMMENDED_RESAMPLES:
+        print(
+            f"warning: --bootstrap-resamples {args.bootstrap_resamples} is below {RECOMMENDED_RESAMPLES}: "
+            "the interval ends rest on few resamples and move with --bootstrap-seed (docs/report.md)",
+            file=sys.stderr,
+        )
     study = None
     if args.study:
         from raybench.study import load_study
@@ -67,6 +105,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         wandb=False if args.no_wandb else None,
         wandb_project=args.wandb_project,
         wandb_entity=args.wandb_entity,
+        bootstrap_resamples=args.bootstrap_resamples,
+        bootstrap_seed=args.bootstrap_seed,
     )
     counts = ", ".join(f"{n} {s}" for s, n in sorted(result.counts.items())) or "no trials"
     print(f"[raybench] report for study {result.study!r} ({counts}): {result.markdown}")
@@ -89,4 +129,18 @@ def add_report_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-wandb", action="store_true", help="do not build a W&B Report")
     p.add_argument("--wandb-project", help="W&B project of the runs (default: WANDB_PROJECT or raybench)")
     p.add_argument("--wandb-entity", help="W&B entity (default: WANDB_ENTITY or your default entity)")
+    p.add_argument(
+        "--bootstrap-resamples",
+        type=resamples_arg,
+        default=RECOMMENDED_RESAMPLES,
+        metavar="N",
+        help=f"resamples of the bootstrap intervals (default {RECOMMENDED_RESAMPLES}; fewer: a warning)",
+    )
+    p.add_argument(
+        "--bootstrap-seed",
+        type=seed_arg,
+        default=0,
+        metavar="S",
+        help="seed of the bootstrap's random draws (default 0; the same seed gives the same intervals)",
+    )
     p.set_defaults(func=cmd_report)

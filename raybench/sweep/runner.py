@@ -22,6 +22,7 @@ from raybench.storage import is_uri, ray_storage
 from raybench.study import Study, TrialSpec
 from raybench.sweep import console
 from raybench.sweep.layout import ExperimentLayout, check_storage
+from raybench.sweep.placement import driver_resources, head_slots
 from raybench.sweep.restart import errored_trials, reset_trials
 from raybench.sweep.trainable import TRIAL_KEY, dumps_specs, forwarded_env, run_trial
 
@@ -87,6 +88,7 @@ def max_concurrency(
     study_cap: int | None,
     mode: RayMode = "local",
     resources: Mapping[str, float] | None = None,
+    head_cpus: float | None = None,
 ) -> tuple[int | None, str]:
     """``(max concurrent trials or None for no cap, why)``.
 
@@ -101,6 +103,8 @@ def max_concurrency(
     - Otherwise (a local Ray, or a joined cluster as it is now): what fits in the current
       resources. An autoscaling cluster grows only for pending trials, so a study that wants
       more at once than the nodes already up sets ``max_concurrent_trials``.
+    - ``head_cpus`` (the drivers are pinned to the head node, :mod:`raybench.sweep.placement`):
+      never more trials than drivers fit there.
     """
     if study_cap and mode == "joined":
         return study_cap, f"joined cluster: the study's scaling.max_concurrent_trials = {study_cap}"
@@ -114,7 +118,11 @@ def max_concurrency(
     # scaling.resources_per_worker (e.g. a custom resource only GPU nodes carry) count like GPUs
     extra = {k: s.workers * float(v) for k, v in s.resources_per_worker.items()}
     absent = (["GPU"] if needs_gpu and gpus == 0 else []) + [k for k in extra if not resources.get(k)]
+    slots = head_slots(head_cpus, driver_cpus)
+    on_head = f"trial drivers run on the head node: {slots} fit in its {_count(head_cpus or 0, 'CPU')}"
     if mode == "joined" and absent:
+        if slots is not None and slots < len(trials):
+            return slots, f"joined cluster with no {' / '.join(absent)} yet: {on_head}"
         return None, (
             f"joined cluster with no {' / '.join(absent)} yet: no cap (trials wait until their resources "
             "exist; an autoscaler adds nodes for them); set scaling.max_concurrent_trials in the study to cap"
@@ -142,6 +150,8 @@ def max_concurrency(
     if fits < 1:
         reason += "; not even one trial fits: they will wait for resources that never come"
         fits = 1
+    if slots is not None and slots < fits:
+        fits, reason = slots, f"{reason}; {on_head}"
     if study_cap and study_cap < fits:
         return study_cap, f"{reason}; capped by the study's scaling.max_concurrent_trials = {study_cap}"
     return fits, reason
@@ -235,10 +245,11 @@ def _run_study(study: Study, options: SweepOptions) -> dict[str, Any]:
         "env": forwarded_env(),
         "session": uuid.uuid4().hex,  # this run_study call (a Tune retry shares it, a resume does not)
     }
+    driver, head_cpus = driver_resources(driver_cpus)  # on the head node when it can host them
     trainable = tune.with_resources(
         # Every spec of the study: a restored experiment may hold trials outside --only.
         tune.with_parameters(run_trial, specs=dumps_specs(list(study.trials)), settings=settings),
-        {"CPU": max(driver_cpus, 0.01)},
+        driver,
     )
     resume_cmd = resume_command(study, options, layout)
     log.info("experiment %s: %d trials", layout.root, len(trials))
@@ -275,7 +286,9 @@ def _run_study(study: Study, options: SweepOptions) -> dict[str, Any]:
     else:
         if options.resume:
             log.info("nothing to resume at %s; starting it", layout.root)
-        concurrency, why = max_concurrency(trials, driver_cpus, study.scaling.max_concurrent_trials, mode)
+        concurrency, why = max_concurrency(
+            trials, driver_cpus, study.scaling.max_concurrent_trials, mode, head_cpus=head_cpus
+        )
         log.info("concurrency: %s -- %s", concurrency or "no cap", why)
         tuner = tune.Tuner(
             trainable,

@@ -5,7 +5,8 @@
 Why a wrapper around ``wandb``: W&B must never be the reason a trial dies (no key, no
 network, a W&B outage), a retried trial must continue the *same* run (stable id, resume),
 and Ray's ``setup_wandb`` does not detect rank under Train V2. Everything here degrades
-to a one-line warning.
+to a one-line warning. Messages are log records (``raybench.tracking.wandb_run``); the
+caller's console decides where they go.
 """
 
 from __future__ import annotations
@@ -119,9 +120,11 @@ class WandbTracker:
             self._fail("init", exc)
             return
         if mode == "offline":
-            print(
-                f"[raybench] W&B offline (no WANDB_API_KEY) for {self.trial}; upload later with: "
-                f"wandb sync {self.run_dir / 'wandb'}/offline-run-*-{self.id}"
+            log.info(
+                "W&B offline (no WANDB_API_KEY) for %s; upload later with: wandb sync %s/offline-run-*-%s",
+                self.trial,
+                self.run_dir / "wandb",
+                self.id,
             )
 
     def update_config(self, values: Mapping[str, Any]) -> None:

@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 
 from raybench.data import DatasetFormatError, DatasetOptionError, build_dataset, dataset_class
-from raybench.data.check import check_dataset
+from raybench.data.check import check_dataset_files
 from raybench.data.cli import add_data_commands
 from raybench.data.errors import DatasetDataOptionError, DatasetRootError
 from raybench.data.synth import MARKER, synthesize
@@ -401,7 +401,7 @@ def test_bad_input_is_refused_with_file_line_or_key(case: Case, tmp_path: Path) 
         assert again.value.option == case.option
         with pytest.raises(DatasetOptionError):
             build_dataset(case.fmt, tmp_path / "does-not-exist", case.split, **case.options)
-    report = check_dataset(case.fmt, root, case.options, max_images=0)
+    report = check_dataset_files(case.fmt, root, case.options, max_images=0)
     assert not report.ok
     assert any(all(f in entry for f in case.fragments) for entry in report.fatal), report.fatal
     assert _tree(root) == before  # neither the build nor the check wrote into the dataset
@@ -431,7 +431,7 @@ def test_cli_negative_max_images_is_refused(tmp_path: Path, capsys) -> None:
     assert _run(["data", "check", "coco", str(root), "--max-images", "-1"]) == 2
     assert "--max-images must be >= 0" in capsys.readouterr().err
     with pytest.raises(ValueError, match="max_images must be an integer >= 0"):
-        check_dataset("coco", root, max_images=-1)
+        check_dataset_files("coco", root, max_images=-1)
     assert _run(["data", "check", "coco", str(root), "--max-images", "0"]) == 0  # index checks only
     out = capsys.readouterr().out
     assert "0 decoded (indexing checks only: --max-images 0)" in out and "result: OK" in out

@@ -11,11 +11,10 @@ import pytest
 import torch
 
 from raybench.data import DatasetFormatError, build_dataset
-from raybench.data.base import read_image
-from raybench.data.check import check_dataset, format_report
+from raybench.data.check import check_dataset_files, format_report
 from raybench.data.cli import add_data_commands
+from raybench.data.images import read_image
 from raybench.data.synth import synthesize
-
 from tests.helpers.data_fixtures import write_image, write_mask
 
 pytestmark = pytest.mark.filterwarnings("ignore:gdxray.*has no such folder:UserWarning")
@@ -65,7 +64,7 @@ def test_garbage_image_error_or_skip(severstal_root) -> None:
 @pytest.mark.parametrize("how", ["truncated", "garbage"])
 def test_check_skips_and_counts_unreadable(severstal_root, capsys, how: str) -> None:
     name = _corrupt_first_train_image(severstal_root, how)
-    report = check_dataset("severstal", severstal_root)
+    report = check_dataset_files("severstal", severstal_root)
     train = report.splits["train"]
     assert report.ok and train.unreadable == 1 and train.readable == train.images - 1
     assert name in train.unreadable_files[0]
@@ -79,7 +78,7 @@ def test_check_skips_and_counts_unreadable(severstal_root, capsys, how: str) -> 
 def test_check_fatal_on_bad_target_and_empty_split(tmp_path, capsys) -> None:
     root = synthesize("mask_folder", tmp_path / "mf", images=5, size=32, seed=0)
     write_mask(root / "masks" / "img_0000.png", np.zeros((8, 8), np.uint8))
-    report = check_dataset("mask_folder", root, {"val_fraction": 0.0})
+    report = check_dataset_files("mask_folder", root, {"val_fraction": 0.0})
     assert not report.ok
     assert any("img_0000.png: mask is 8x8 but image img_0000.png is 32x32" in f for f in report.fatal)
     assert any("split 'val'" in f and "is empty" in f for f in report.fatal)
@@ -93,7 +92,7 @@ def test_check_reports_noted_problems(tmp_path) -> None:
     gt = next(root.glob("Castings/C*/ground_truth.txt"))
     series = gt.parent.name
     gt.write_text(gt.read_text() + "1 20 90 3 9\n")  # crosses the right edge of a 43 px image
-    report = check_dataset("gdxray", root)
+    report = check_dataset_files("gdxray", root)
     split = "val" if series in ("C0003", "C0032", "C0045", "C0054", "C0061") else "train"
     assert report.ok and report.splits[split].stats["boxes_clipped"] >= 1
     assert any("val_series lists series 87" in w for w in report.warnings)
@@ -102,11 +101,11 @@ def test_check_reports_noted_problems(tmp_path) -> None:
 
 def test_check_max_images(tmp_path) -> None:
     root = synthesize("coco", tmp_path / "c", images=8, size=32, seed=0)
-    report = check_dataset("coco", root, max_images=2)
+    report = check_dataset_files("coco", root, max_images=2)
     # 6 train images, one without objects: dropped from train by default (d2's filter)
     assert report.splits["train"].checked == 2 and report.splits["train"].images == 5
     shutil.rmtree(root / "images" / "val")
-    report = check_dataset("coco", root)
+    report = check_dataset_files("coco", root)
     assert not report.ok and "val" not in report.splits
     assert any("split 'val'" in f and "is empty" in f for f in report.fatal)
     assert any("2 x missing images" in w and "val_00000.jpg" in w for w in report.warnings)

@@ -1,4 +1,4 @@
-"""Every format: synth -> data check -> build_dataset, and the §3 item contract."""
+"""Every format: synth -> data check -> build_dataset, and the item contract (docs/datasets.md)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ import torch
 
 from raybench.data import build_dataset, build_transforms, dataset_options, list_datasets
 from raybench.data.cli import add_data_commands, parse_option
-
-from tests.helpers.data_fixtures import ALL_FORMATS, synth_roots  # noqa: F401 - fixture
+from tests.helpers.data_fixtures import ALL_FORMATS
 
 pytestmark = pytest.mark.filterwarnings("ignore:gdxray.*has no such folder:UserWarning")
 

@@ -15,7 +15,6 @@ from raybench.data import DownloadError, build_dataset
 from raybench.data.cli import add_data_commands
 from raybench.data.fetch import ManualDownloadRequired, download, fetch
 from raybench.data.synth import synthesize
-
 from tests.helpers.data_fixtures import serve_directory
 
 pytestmark = pytest.mark.filterwarnings("ignore:gdxray.*has no such folder:UserWarning")

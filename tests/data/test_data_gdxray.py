@@ -9,7 +9,6 @@ import torch
 
 from raybench.data import DatasetFormatError, build_dataset
 from raybench.data.gdxray import parse_ground_truth
-
 from tests.helpers.data_fixtures import write_image
 
 W, H = 40, 30

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from raybench.data import DatasetFormatError, build_dataset
-
 from tests.helpers.data_fixtures import write_image, write_mask
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from raybench.data import build_dataset, dataset_class, dataset_options
-from raybench.data.check import check_dataset, format_report
+from raybench.data.check import check_dataset_files, format_report
 from raybench.data.errors import DatasetDataOptionError
 from raybench.data.rareplanes import DEFAULT_CLASS_MAP, MILITARY_ROLES
 from raybench.data.synth import synthesize
@@ -135,7 +135,7 @@ def test_defaults_reproduce_the_paper_protocol() -> None:
 
 
 def test_check_prints_table1_next_to_the_counts_found(roots, monkeypatch) -> None:
-    report = check_dataset("gdxray", roots["gdxray"], max_images=0)
+    report = check_dataset_files("gdxray", roots["gdxray"], max_images=0)
     assert report.ok and report.paper_sizes == {"train": 706, "val": 356}
     assert report.found_sizes() == {"train": 7, "val": 4} and report.paper_mismatch()
     text = format_report(report)
@@ -144,9 +144,9 @@ def test_check_prints_table1_next_to_the_counts_found(roots, monkeypatch) -> Non
     assert "synthetic data" in text and "empty_images" in text and "result: OK" in text
     assert report.to_dict()["paper_mismatch"] is True
     monkeypatch.setattr(dataset_class("gdxray"), "PAPER_SPLIT_SIZES", (7, 4))
-    same = format_report(check_dataset("gdxray", roots["gdxray"], max_images=0))
+    same = format_report(check_dataset_files("gdxray", roots["gdxray"], max_images=0))
     assert re.search(r"found: +train 7, val 4 \(= Table 1\)", same) and "DIFFERS" not in same
-    assert "Table 1" not in format_report(check_dataset("coco", roots["coco"], max_images=0))
+    assert "Table 1" not in format_report(check_dataset_files("coco", roots["coco"], max_images=0))
 
 
 def test_rareplanes_census_lists_every_role_even_when_refused(roots) -> None:
@@ -167,7 +167,7 @@ def test_rareplanes_census_lists_every_role_even_when_refused(roots) -> None:
     assert {v: c["objects"] for v, c in err.value.census["values"].items()} == counts
     for strict in (True, False):
         options = {} if strict else {"unmapped": "skip"}
-        report = check_dataset("rareplanes", root, options, max_images=0)
+        report = check_dataset_files("rareplanes", root, options, max_images=0)
         assert report.ok is not strict
         census = report.class_values["train"]
         assert census["attribute"] == "role"

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from raybench.data import DatasetFormatError, build_dataset
-
 from tests.helpers.data_fixtures import write_image
 
 TRAIN_JSON = "RarePlanes_Train_Coco_Annotations_tiled.json"

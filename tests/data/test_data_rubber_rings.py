@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 
 from raybench.data import DatasetFormatError, build_dataset
-from raybench.data.base import stratified_split
 from raybench.data.rubber_rings import CLASS_NAMES
-
+from raybench.data.splits import stratified_split
 from tests.helpers.data_fixtures import write_image, write_mask
 
 

@@ -7,9 +7,8 @@ import pytest
 import torch
 
 from raybench.data import DatasetFormatError, build_dataset
-from raybench.data.base import n_val_ceil, random_split
 from raybench.data.severstal import rle_decode, rle_encode
-
+from raybench.data.splits import n_val_ceil, random_split
 from tests.helpers.data_fixtures import write_image
 
 H, W = 8, 50  # tiny stand-in for 256 x 1600

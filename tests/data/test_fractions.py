@@ -19,7 +19,13 @@ import pytest
 import yaml
 from PIL import Image
 
-from raybench.engine.data import FractionSubset, fraction_indices, fraction_subset, subset_order, subset_size
+from raybench.engine.subsets import (
+    FractionSubset,
+    fraction_indices,
+    fraction_subset,
+    subset_order,
+    subset_size,
+)
 from raybench.results.report import build_report, fraction_of_name
 from raybench.results.store import ResultsWriter, write_status
 from raybench.study import StudyError, load_study, parse_study
@@ -167,10 +173,9 @@ def test_bad_fractions_are_reported_with_file_and_line(tmp_path):
 
 def test_engine_trains_on_the_subset(tmp_path):
     """``epoch`` = iterations x batch / training-set size: the engine streamed the subset."""
-    from tests.models.test_detection_overfit import ATTO, write_gdxray_castings
-
     from raybench.data import build_dataset
     from raybench.engine import train
+    from tests.models.test_detection_overfit import ATTO, write_gdxray_castings
 
     write_gdxray_castings(tmp_path / "gdxray")
     images = build_dataset("gdxray", tmp_path / "gdxray", "train", val_series=(), exclude_series=())

@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 
 from raybench.engine import NonFiniteLossError, World, latest_checkpoint, load_checkpoint, read_metrics, train
 from raybench.engine.checkpoint import list_checkpoints, save_checkpoint
-from raybench.engine.data import GlobalBatchStream, StreamBatchSampler, ensure_dataset
+from raybench.engine.loaders import GlobalBatchStream, StreamBatchSampler, ensure_dataset
 from raybench.study import load_study
 from raybench.study.spec import OptimizerSpec, ScalingSpec, ScheduleSpec, SynthSpec
 from raybench.tasks import DatasetMeta, Task, register_task

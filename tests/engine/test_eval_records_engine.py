@@ -14,8 +14,8 @@ import torch
 import torch.multiprocessing as mp
 
 from raybench.engine import train
-from raybench.engine.loop import build_datasets
-from raybench.engine.reporting import read_metrics
+from raybench.engine.loaders import build_datasets
+from raybench.engine.sinks import read_metrics
 from raybench.evaluation.records import full_weights
 from raybench.results.store import read_eval_records
 from raybench.study import TrialSpec, load_study

@@ -13,7 +13,7 @@ import torch
 from raybench.evaluation.coco import CocoEvaluator
 from raybench.evaluation.records import DetectionRecords, SemSegRecords, semseg_records
 from raybench.evaluation.semseg import SemSegEvaluator
-from raybench.tasks.semantic import SemanticBatch, SemanticEvaluator
+from raybench.tasks.semantic import GatheredSemSegEvaluator, SemanticBatch
 
 NAMES = ("background", "scratch", "dent", "hole")
 
@@ -81,7 +81,7 @@ def test_semantic_task_evaluator_gathers_records_in_split_order():
         )
 
     # Two workers, round-robin shards as the engine's Shard: rank r holds items r, r + 2, ...
-    shards = [SemanticEvaluator(NAMES, gather=lambda x: x) for _ in range(2)]
+    shards = [GatheredSemSegEvaluator(NAMES, gather=lambda x: x) for _ in range(2)]
     for r, ev in enumerate(shards):
         mine = images[r::2]
         ev.process(batch(mine), [{"sem_seg": p} for p, _ in mine])

@@ -1,4 +1,4 @@
-"""Fixtures and helpers for the data tests (imported explicitly by tests/test_data_*.py)."""
+"""Fixtures and helpers for the data tests (imported explicitly by tests/data/test_*.py)."""
 
 from __future__ import annotations
 

@@ -5,7 +5,9 @@ session's): ``python tests/helpers/multinode.py node-loss|autoscale --study S --
   worker node carrying one ``fake_gpu`` (the stand-in for a GPU). ``run_grid.py`` joins it
   through ``RAY_ADDRESS``; once one trial has finished and the other has a persisted
   checkpoint, the node running that trial's train worker is removed hard (like a reclaimed
-  spot instance), and the drill records where the trial's worker runs next.
+  spot instance), and the drill records where the trial's worker runs next, and on which node
+  each Ray actor process ran before the loss (the trial drivers, Train's controllers and its
+  autoscaling coordinator must be on the head: raybench.sweep.placement).
 - ``autoscale``: a CPU head whose monitor runs the autoscaler with the ``fake_multinode``
   provider: one worker type (``fake_gpu: 1``, min 0), so the cluster starts with no node that
   can run a trial; ``run_grid.py`` joins it, trials pend, the autoscaler adds nodes, the grid
@@ -14,7 +16,8 @@ session's): ``python tests/helpers/multinode.py node-loss|autoscale --study S --
 Every node binds to 127.0.0.1 (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` makes Ray pick the
 loopback address), and only the processes this drill started are stopped at the end (no
 ``ray stop``, which would end every Ray on the machine). The drill writes a JSON report of
-what it saw and measured for the test to check.
+what it saw and measured for the test to check. (A little over 400 lines: both drills run as
+this one script and share its /proc and process helpers.)
 """
 
 from __future__ import annotations
@@ -67,17 +70,32 @@ def _cmdline(pid: int) -> str:
     return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
 
 
+def ray_processes() -> dict[int, str]:
+    """Ray worker processes: pid -> what runs there, from the process title
+    (``ray::TrainController.run`` -> ``TrainController``; no dashboard or state API needed)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            title = _cmdline(int(entry.name)).split() if entry.name.isdigit() else []
+        except (OSError, ValueError, IndexError):
+            continue
+        if title and title[0].startswith("ray::") and title[0] != "ray::IDLE":
+            found[int(entry.name)] = title[0][len("ray::") :].split(".")[0]
+    return found
+
+
 def train_worker_pids() -> list[int]:
     """Processes of Ray Train workers (their title is ``ray::RayTrainWorker...``)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if "RayTrainWorker" in _cmdline(int(entry.name)):
-                    pids.append(int(entry.name))
-            except (OSError, ValueError, IndexError):
-                continue
-    return pids
+    return [pid for pid, what in ray_processes().items() if what == "RayTrainWorker"]
+
+
+def actor_nodes(raylets: dict[int, str]) -> dict[str, list[str]]:
+    """What runs on which node: ``{"TrainController": ["head"], ...}``."""
+    found: dict[str, set[str]] = {}
+    for pid, what in ray_processes().items():
+        if node := node_of(pid, raylets):
+            found.setdefault(what, set()).add(node)
+    return {what: sorted(nodes) for what, nodes in sorted(found.items())}
 
 
 def descendants(root: int) -> list[int]:
@@ -177,7 +195,8 @@ def node_loss(study: str, storage: str, experiment: str, report: dict[str, Any])
     try:
         workers = {}
         for i in (1, 2):
-            # 3 CPUs: a train worker (1) and up to two trial drivers (1 each; Tune may place them here)
+            # 3 CPUs: a train worker (1) and room for both trial drivers, which must still run on
+            # the head (raybench pins them there: a node that goes away must not take them along)
             node = cluster.add_node(num_cpus=3, resources={RESOURCE: 1}, include_dashboard=False)
             workers[f"worker{i}"] = node
         cluster.wait_for_nodes()
@@ -200,12 +219,13 @@ def node_loss(study: str, storage: str, experiment: str, report: dict[str, Any])
             return None
 
         finished_first, victim = wait(
-            victim_ready, 240, "one finished trial and a checkpoint of the other", grid
+            victim_ready, 360, "one finished trial and a checkpoint of the other", grid
         )
         pids = train_worker_pids()
         hosts = {node_of(p, raylets) for p in pids}
         assert len(pids) == 1 and len(hosts) == 1, f"expected one train worker, got {pids} on {hosts}"
         (victim_node,) = hosts
+        report["actors_before_loss"] = actor_nodes(raylets)
         report.update(
             finished_status_before_loss=json.loads(
                 (root / "trials" / finished_first / "status.json").read_text()

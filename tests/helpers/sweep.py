@@ -10,7 +10,7 @@ sweep to the Ray Train workers, see ``raybench.sweep.trainable.forwarded_env``):
   ``<term>`` (default: the task's first) is NaN at iteration ``<iter>``, every time that
   iteration is trained (like a real non-finite loss); the engine raises
   ``NonFiniteLossError("non-finite loss at iteration <iter>: <term> = nan ...")``.
-- ``RAYBENCH_BATCH_TRACE=<dir>`` (``raybench.engine.data.BATCH_TRACE_ENV``): each worker
+- ``RAYBENCH_BATCH_TRACE=<dir>`` (``raybench.engine.loaders.BATCH_TRACE_ENV``): each worker
   appends ``{"iter", "rank", "samples"}`` per iteration to ``<dir>/batches.rank<r>.jsonl``.
 """
 

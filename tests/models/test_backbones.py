@@ -227,6 +227,45 @@ def test_frozen_output_norms_get_gradients_and_the_body_none():
     assert all(p.grad is None for p in model.backbone.body.parameters())
 
 
+def test_a_registered_adapter_serves_its_model_class_first(monkeypatch):
+    """docs/custom.md's extension point: ``register_adapter`` puts a family's adapter before the
+    built-in ones; its checks are the entry's checks (study validation and build alike)."""
+    from timm.models.resnet import ResNet
+
+    import raybench.backbones.factory as factory
+    from raybench.backbones import BackboneAdapter, adapter_for, register_adapter
+
+    monkeypatch.setattr(factory, "ADAPTERS", list(factory.ADAPTERS))  # undone after the test
+    adapter = register_adapter(
+        BackboneAdapter(
+            name="resnet-refuses",
+            model_types=(ResNet,),
+            create_kwargs=lambda s: {"features_only": True},
+            wrap=lambda body, s: Backbone(body, s.id),
+            problems=lambda s, info: [("timm_name", f"{info.model_class.__name__} is refused here")],
+        )
+    )
+    r18 = spec("resnet18", "resnet18")
+    assert factory.ADAPTERS[0] is adapter and adapter_for(r18) is adapter
+    assert backbone_problems(r18) == [("timm_name", "ResNet is refused here")]
+    with pytest.raises(
+        ValueError, match=r"backbone 'resnet18-supervised': timm_name: ResNet is refused here"
+    ):
+        build_backbone(r18)
+    assert adapter_for(spec("convnext_atto", "convnext_atto")).name == "features_only"
+
+
+def test_a_paper_arch_named_without_a_tag_gets_its_pretrainings_tag():
+    from raybench.backbones import resolve_timm_name
+
+    assert resolve_timm_name(spec("convnext_t", "convnext_tiny", "dinov3")) == "convnext_tiny.dinov3_lvd1689m"
+    assert resolve_timm_name(spec("convnext_t", "convnext_tiny")) == "convnext_tiny.fb_in1k"
+    assert resolve_timm_name(spec("resnet50_gn", "resnet50_gn")) == "resnet50_gn.a1h_in1k"
+    assert resolve_timm_name(spec("convnext_t", "convnext_tiny.fb_in22k")) == "convnext_tiny.fb_in22k"
+    assert resolve_timm_name(spec("convnext_t", "convnext_tiny", "mae")) == "convnext_tiny"  # no tag known
+    assert resolve_timm_name(spec("resnet18", "resnet18")) == "resnet18"  # not a paper arch
+
+
 # --- weights: strict loading, clear errors ------------------------------------------------------
 
 
@@ -392,9 +431,9 @@ def test_fb_convnext_checkpoint_is_remapped_by_timms_filter(tmp_path):
 
 def test_hub_weights_are_checked_as_strictly(monkeypatch):
     """``pretrained: true`` without a file: the hub's state dict gets the same strict check."""
-    import raybench.backbones as backbones
+    import raybench.backbones.hub as hub
 
-    monkeypatch.setattr(backbones, "load_state_dict_from_hf", lambda *a, **k: {"foo": torch.zeros(1)})
+    monkeypatch.setattr(hub, "load_state_dict_from_hf", lambda *a, **k: {"foo": torch.zeros(1)})
     with pytest.raises(BackboneWeightsError) as info:
         build_backbone(spec("convnext_t", "convnext_tiny.fb_in1k", pretrained=True))
     msg = str(info.value)
@@ -402,7 +441,7 @@ def test_hub_weights_are_checked_as_strictly(monkeypatch):
     assert "178 missing key(s): stem.0.weight" in msg
 
     good = _atto_state(seed=9)
-    monkeypatch.setattr(backbones, "load_state_dict_from_hf", lambda *a, **k: dict(good))
+    monkeypatch.setattr(hub, "load_state_dict_from_hf", lambda *a, **k: dict(good))
     bb = build_backbone(spec(pretraining="supervised", pretrained=True, **ATTO))
     assert torch.equal(bb.body.stem_0.weight, good["stem.0.weight"])
 

@@ -263,6 +263,74 @@ def test_report_shows_intervals_on_cells_and_deltas(report):
     assert "none (no records of the final evaluation) for Rubber Rings" in md
 
 
+def _cli_intervals(root: Path, out: Path, *flags: str) -> pd.DataFrame:
+    """``raybench report ROOT --out OUT FLAGS`` (the report's own sub-parser); the intervals of
+    table2.csv's cells that have one."""
+    import argparse
+
+    from raybench.results.cli import add_report_command
+
+    parser = argparse.ArgumentParser()
+    add_report_command(parser.add_subparsers())
+    args = parser.parse_args(["report", str(root), "--out", str(out), "--no-wandb", *flags])
+    assert args.func(args) == 0
+    t = pd.read_csv(out / "table2.csv")
+    return t[t["ci_low"].notna()][["dataset", "pretraining", "ci_low", "ci_high", "ci_resamples"]]
+
+
+def test_cli_bootstrap_seed_and_resamples(report, tmp_path, capsys):
+    from raybench.results.bootstrap import RESAMPLES
+    from raybench.results.cli import RECOMMENDED_RESAMPLES
+
+    assert RECOMMENDED_RESAMPLES == RESAMPLES  # the CLI's default is the bootstrap's
+    root = report.out_dir.parent
+    a = _cli_intervals(root, tmp_path / "a", "--bootstrap-seed", "7")
+    again = _cli_intervals(root, tmp_path / "again", "--bootstrap-seed", "7")
+    b = _cli_intervals(root, tmp_path / "b", "--bootstrap-seed", "8")
+    assert len(a) == 4 and (a["ci_resamples"] == 1000).all()
+    pd.testing.assert_frame_equal(a, again, check_exact=True)  # the same seed: the same bounds
+    # Another seed draws other resamples: every interval moves.
+    assert (a["ci_low"].to_numpy() != b["ci_low"].to_numpy()).all()
+    assert (a["ci_high"].to_numpy() != b["ci_high"].to_numpy()).all()
+    # The default seed is 0: the report built in code with seed 0 has the same bounds.
+    default = _cli_intervals(root, tmp_path / "default")
+    want = report.table2[report.table2["ci_low"].notna()]
+    assert default["ci_low"].tolist() == pytest.approx(want["ci_low"].tolist(), abs=1e-9)
+    capsys.readouterr()
+    few = _cli_intervals(root, tmp_path / "few", "--bootstrap-resamples", "200")
+    assert (few["ci_resamples"] == 200).all()
+    err = capsys.readouterr().err
+    assert "warning: --bootstrap-resamples 200 is below 1000" in err
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (
+            ["--bootstrap-resamples", "0"],
+            "argument --bootstrap-resamples: expected a whole number of resamples >= 1 "
+            "(1000 or more for reported intervals), got '0'",
+        ),
+        (
+            ["--bootstrap-resamples", "ten"],
+            "argument --bootstrap-resamples: expected a whole number of resamples >= 1 "
+            "(1000 or more for reported intervals), got 'ten'",
+        ),
+        (["--bootstrap-seed", "-1"], "argument --bootstrap-seed: expected a whole number >= 0, got '-1'"),
+    ],
+)
+def test_cli_refuses_bad_bootstrap_values(report, tmp_path, capsys, flags, message):
+    from raybench.cli import main
+
+    out = tmp_path / "never"
+    with pytest.raises(SystemExit) as exc:
+        main(["report", str(report.out_dir.parent), "--out", str(out), "--no-wandb", *flags])
+    assert exc.value.code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert errors == [f"raybench report: error: {message}"]
+    assert not out.exists()  # refused before any work
+
+
 def test_benchmark_prints_its_figures():
     proc = subprocess.run(
         [sys.executable, "benchmarks/bootstrap_speed.py", "--resamples", "50", "--scale", "0.05"],

@@ -270,3 +270,129 @@ def test_cli_report(experiment, tmp_path, capsys):
     assert args.func(args) == 0
     c = cell(pd.read_csv(out / "table2.csv"), "gdxray", "convnext_t", "dinov3", "frozen")
     assert c["paper"] == 10.0 and c["delta"] == pytest.approx(-3.0)
+
+
+# --- a study whose backbones are not the paper's ------------------------------------------------
+
+OTHER_BACKBONES = [
+    {
+        "id": "r18-sup",
+        "arch": "resnet18",
+        "timm_name": "resnet18.a1_in1k",
+        "pretraining": "supervised",
+        "pretraining_data": "ImageNet-1k",
+        "pretrained": False,
+    },
+    {
+        "id": "r18-ssl",
+        "arch": "resnet18",
+        "timm_name": "resnet18.fb_ssl_yfcc100m_ft_in1k",
+        "pretraining": "ssl",
+        "pretraining_data": "YFCC100M",
+        "pretrained": False,
+    },
+    {
+        "id": "vits-dino",
+        "arch": "vit_s16",
+        "timm_name": "vit_small_patch16_dinov3.lvd1689m",
+        "pretraining": "dinov3",
+        "pretraining_data": "LVD-1689M",
+        "pretrained": False,
+    },
+]
+
+
+@pytest.fixture(scope="module")
+def other_study():
+    """The smoke study with three backbones the paper does not have (and no recipe entries
+    for the paper's architectures)."""
+    import yaml
+
+    from raybench.study import parse_study
+
+    data = yaml.safe_load(SMOKE.read_text())
+    for recipe in data["recipes"].values():
+        recipe.pop("by_backbone", None)
+    data["backbones"] = OTHER_BACKBONES
+    data["rows"] = [
+        {"backbone": "r18-sup", "regime": "full"},
+        {"backbone": "r18-ssl", "regime": "full"},
+        {"backbone": "vits-dino", "regime": "frozen"},
+    ]
+    return parse_study(data, str(SMOKE), base_dir=SMOKE.parent, dry_run=True)
+
+
+@pytest.fixture(scope="module")
+def other_experiment(tmp_path_factory, other_study):
+    """Severstal finished for every row (curves at iterations 3 and 6), one GDXray trial."""
+    root = tmp_path_factory.mktemp("other") / "exp"
+    T = other_study.trial
+    finals = {
+        "severstal-resnet18-supervised-full-s42": 55.0,
+        "severstal-resnet18-ssl-full-s42": 57.5,
+        "severstal-vit_s16-dinov3-frozen-s42": 51.0,
+    }
+    for name, final in finals.items():
+        record(
+            root, T(name), [(3, {"val/mIoU": final - 10}, 10.0), (6, {"val/mIoU": final}, 20.0)], "finished"
+        )
+    record(root, T("gdxray-resnet18-ssl-full-s42"), [(6, {"val/box_AP50": 12.25}, 20.0)], "finished")
+    return root
+
+
+def test_report_of_a_study_without_the_papers_backbones(other_experiment, other_study, tmp_path):
+    res = build_report(str(other_experiment), tmp_path / "r", study=other_study, wandb=False)
+    # Rows: the study's, in its order; no paper row is added, no paper number is matched.
+    assert res.rows == [
+        ("resnet18", "supervised", "full"),
+        ("resnet18", "ssl", "full"),
+        ("vit_s16", "dinov3", "frozen"),
+    ]
+    t = res.table2
+    assert list(dict.fromkeys(t["row"])) == [
+        "resnet18 | sup. IN-1k | full",
+        "resnet18 | ssl YFCC100M | full",
+        "ViT-S/16 | DINOv3 | frozen",
+    ]
+    assert t["paper"].isna().all() and len(t) == 12
+    # Legend entries of the learning curves, top to bottom, and the colours: the two
+    # pretrainings of the compared ResNet-18 first (reference blue), then the ViT.
+    assert res.curve_legends["severstal"] == [
+        "resnet18 · sup. IN-1k · full",
+        "resnet18 · ssl YFCC100M · full",
+        "ViT-S/16 · DINOv3 · frozen",
+    ]
+    assert res.curve_legends["gdxray"] == ["resnet18 · ssl YFCC100M · full"]
+    assert res.curve_legends["rareplanes"] == []
+    assert dict(res.legend.colours) == {
+        ("resnet18", "supervised"): "tab:blue",
+        ("resnet18", "ssl"): "tab:orange",
+        ("vit_s16", "dinov3"): "tab:green",
+    }
+    with Image.open(res.curves["severstal"]) as im:
+        colours = {c for _, c in im.convert("RGB").getcolors(maxcolors=1 << 20)}
+    assert {(31, 119, 180), (255, 127, 14), (44, 160, 44)} <= colours  # tab: blue, orange, green
+    md = res.markdown.read_text()
+    assert (
+        "Validation headline metric vs iteration. Colour: backbone and pretraining (blue: resnet18 "
+        "sup. IN-1k, orange: resnet18 ssl YFCC100M, green: ViT-S/16 DINOv3); line: solid full "
+        "fine-tuning, dashed frozen backbone." in md
+    )
+    table = [x for x in md.splitlines() if x.startswith(("| resnet18 |", "| ViT-S/16 |"))]
+    assert table[:3] == [
+        f"| resnet18 | sup. IN-1k | full | 55.00 | {MISSING} | {MISSING} | {MISSING} |",
+        f"| resnet18 | ssl YFCC100M | full | **57.50** | {MISSING} | {MISSING} | **12.25** |",
+        f"| ViT-S/16 | DINOv3 | frozen | 51.00 | {MISSING} | {MISSING} | {MISSING} |",
+    ]
+    assert "| resnet18 | full | Severstal | ssl − supervised | 1 | +2.50 |" in md
+    for paper_name in ("ConvNeXt", "ResNet-50", "ImageNet ", "orange DINOv3"):
+        assert paper_name not in md
+    # Without the study, the pretraining data is unknown (the ids name it) and rows come in
+    # the store's order (trial names); the colours stay.
+    bare = build_report(str(other_experiment), tmp_path / "bare", wandb=False)
+    assert bare.curve_legends["severstal"] == [
+        "resnet18 · ssl · full",
+        "resnet18 · supervised · full",
+        "ViT-S/16 · DINOv3 · frozen",
+    ]
+    assert dict(bare.legend.colours) == dict(res.legend.colours)

@@ -1,4 +1,4 @@
-"""Pre-flight (raybench/preflight.py): every problem a trial would die of, found before any
+"""Pre-flight (raybench/preflight/): every problem a trial would die of, found before any
 trial starts, in one report. The hub and W&B are monkeypatched (no network)."""
 
 from __future__ import annotations

@@ -90,7 +90,8 @@ CHILD = textwrap.dedent(
         return str(target)
 
     hub.hf_hub_download = fake_download
-    import raybench.backbones as backbones
+    import logging; logging.basicConfig(stream=sys.stdout, level=logging.INFO)  # raybench's messages
+    import raybench.backbones.hub as backbones
     from raybench.study.spec import BackboneSpec
     spec = BackboneSpec(id="atto", arch="convnext_atto", timm_name="convnext_atto.d2_in1k",
                         pretraining="supervised", pretrained=True)
@@ -140,7 +141,7 @@ def test_without_the_lock_both_threads_would_download(tmp_path, monkeypatch):
     """The control: the same fake downloader, with and without the lock (threads: cheap)."""
     import timm.models._hub as hub
 
-    import raybench.backbones as backbones
+    import raybench.backbones.hub as backbones
     from raybench.study.spec import BackboneSpec
 
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))

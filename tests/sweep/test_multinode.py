@@ -108,21 +108,59 @@ def test_concurrency_counts_resources_per_worker_like_gpus(tmp_path):
     assert cap == 1 and "not even one trial fits" in why
 
 
+def test_trial_drivers_are_pinned_to_the_head_node_and_counted_there(tmp_path, monkeypatch, caplog):
+    import ray
+
+    from raybench.sweep.placement import HEAD_RESOURCE, driver_resources
+
+    def nodes(head_cpus: float) -> list[dict]:
+        head = {"CPU": head_cpus, HEAD_RESOURCE: 1.0, "node:127.0.0.1": 1.0}
+        return [
+            {"Alive": True, "Resources": {"CPU": 16.0, "fake_gpu": 1.0}},
+            {"Alive": False, "Resources": {"CPU": 64.0, HEAD_RESOURCE: 1.0}},  # a head that is gone
+            {"Alive": True, "Resources": head},
+        ]
+
+    monkeypatch.setattr(ray, "nodes", lambda: nodes(8.0))
+    assert driver_resources(1.0) == ({"CPU": 1.0, HEAD_RESOURCE: 0.001}, 8.0)
+    assert driver_resources(0.0) == ({"CPU": 0.01, HEAD_RESOURCE: 0.001}, 8.0)  # toy runs: driver_cpus 0
+    # A head without CPUs for a driver (`ray start --head --num-cpus=0`): not pinned, and said so.
+    monkeypatch.setattr(ray, "nodes", lambda: nodes(0.0))
+    with caplog.at_level("WARNING", logger="raybench.sweep.placement"):
+        assert driver_resources(1.0) == ({"CPU": 1.0}, None)
+    assert (
+        "the head node has 0 CPUs, a trial driver needs 1: trial drivers may run on worker nodes"
+        in caplog.text
+    )
+
+    trials = list(load_study(_study(tmp_path, "head", long_iterations=None)).trials) * 4
+    # Four fake_gpu nodes are up, but only two drivers fit on a 2-CPU head.
+    cap, why = max_concurrency(trials, 1.0, None, "joined", {"CPU": 34.0, "fake_gpu": 4.0}, head_cpus=2.0)
+    assert cap == 2 and why.endswith("; trial drivers run on the head node: 2 fit in its 2 CPUs"), why
+    # Autoscaling from zero: as many trials as the head has room for drivers ...
+    cap, why = max_concurrency(trials, 1.0, None, "joined", {"CPU": 2.0}, head_cpus=2.0)
+    assert (cap, why) == (
+        2,
+        "joined cluster with no fake_gpu yet: trial drivers run on the head node: 2 fit in its 2 CPUs",
+    )
+    # ... and no cap when all of them fit there.
+    assert max_concurrency(trials, 0.5, None, "joined", {"CPU": 4.0}, head_cpus=4.0)[0] is None
+    # A local Ray is its own head: the CPUs count as before.
+    assert max_concurrency(trials, 1.0, None, "local", {"CPU": 4.0, "fake_gpu": 4.0}, head_cpus=4.0)[0] == 2
+
+
 # ---- node loss ----
 
 
 @pytest.mark.timeout(900)
-@pytest.mark.xfail(
-    reason="flaky: when the removed node also hosts Ray Train's _AutoscalingCoordinatorActor, the "
-    "restarted worker group waits for it ('actor is temporarily unavailable') and the drill times out "
-    "(2 of 4 runs on a loaded 2-core machine); issue 15 stays open until the drill pins that actor",
-    strict=False,
-)
 def test_node_loss_resumes_the_trial_on_the_other_node(tmp_path):
     """Head + two worker nodes (one fake_gpu each). The short trial finishes; the node running
     the long trial's worker is removed hard; the long trial resumes on the other node from its
     last checkpoint, the grid completes, the finished trial is not trained again, and the final
-    metrics equal an uninterrupted run of the same trial."""
+    metrics equal an uninterrupted run of the same trial. The trial drivers, Train's controllers
+    and its autoscaling coordinator ran on the head, so the lost node took only a train worker
+    (unpinned, it could take them too, and the trial stalled or needed a Tune retry:
+    raybench.sweep.placement)."""
     from raybench.engine import train
 
     path = _study(tmp_path, "nodeloss")
@@ -142,6 +180,12 @@ def test_node_loss_resumes_the_trial_on_the_other_node(tmp_path):
     lost = report["victim_node"]
     assert lost in ("worker1", "worker2")
     assert report["resumed_on"] == [{"worker1": "worker2", "worker2": "worker1"}[lost]]
+    # Where each process ran before the loss (by process title): Tune's trial drivers
+    # (ImplicitFunc), Train's controllers and its coordinator on the head, the worker on the lost node.
+    actors = report["actors_before_loss"]
+    for control in ("ImplicitFunc", "TrainController", "_AutoscalingCoordinatorActor"):
+        assert actors.get(control) == ["head"], (control, actors)
+    assert actors["RayTrainWorker"] == [lost], actors
 
     # The long trial resumed from a checkpoint persisted before the loss, not from scratch.
     resumes = [json.loads(x) for x in (root / "trials" / long / "resumes.jsonl").read_text().splitlines()]

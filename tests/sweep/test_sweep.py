@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from raybench.engine.data import BATCH_TRACE_ENV
+from raybench.engine.loaders import BATCH_TRACE_ENV
 from raybench.results.store import read_results, read_status
 from raybench.study import load_study
 from raybench.sweep import ExperimentLayout, SweepOptions, run_study
@@ -461,7 +461,7 @@ def test_resume_command_carries_every_option(tmp_path):
 
 
 def test_batch_trace_is_off_by_default_and_records_each_share(tmp_path, monkeypatch):
-    from raybench.engine.data import BatchTrace, GlobalBatchStream, StreamBatchSampler
+    from raybench.engine.loaders import BatchTrace, GlobalBatchStream, StreamBatchSampler
 
     monkeypatch.delenv(BATCH_TRACE_ENV, raising=False)
     assert BatchTrace.from_env(0) is None  # off: no trace object, nothing done per batch

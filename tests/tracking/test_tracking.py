@@ -23,12 +23,13 @@ def make(tmp_path, trial="gdxray-convnext_t-dinov3-frozen-s42", **kw):
     )
 
 
-def test_offline_run_has_config_history_and_grouping(tmp_path, monkeypatch, capsys):
+def test_offline_run_has_config_history_and_grouping(tmp_path, monkeypatch, caplog):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.delenv("WANDB_MODE", raising=False)
     t = make(tmp_path)
-    t.start()
-    assert "W&B offline" in capsys.readouterr().out
+    with caplog.at_level(logging.INFO, logger="raybench.tracking"):
+        t.start()
+    assert "W&B offline" in caplog.text
     for i in (1, 2, 3):
         t.log({"train/loss": 1.0 / i, "lr": 0.1}, step=i)
     t.finish()

@@ -1,4 +1,5 @@
-"""The training data order: one deterministic stream of *global* batches, cut into worker shares.
+"""The data a run reads: its datasets, and DataLoaders over one deterministic stream of
+*global* batches, cut into worker shares.
 
 Why: the global batch is part of the protocol, so what a trial sees must not depend on how
 many workers run it. The stream is a concatenation of per-epoch permutations (epoch ``e``
@@ -7,25 +8,30 @@ is ``default_rng([seed, e]).permutation(N)``); global batch ``i`` is stream posi
 global batch and cuts it into ``accum`` micro-batches. Each sample's augmentation is drawn
 from a generator seeded by ``(seed, stream position)``, so a sample is augmented the same
 way whichever worker or loader process reads it, and the data position after ``i``
-iterations is a pure function of ``i`` (resume needs nothing else).
+iterations is a pure function of ``i`` (resume needs nothing else). The datasets
+themselves are :mod:`raybench.data`'s; the label-efficiency subset is
+:mod:`raybench.engine.subsets`'.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
-from raybench.study.spec import DatasetSpec
-from raybench.tasks.base import Transform
+from raybench.engine.accel import loader_options
+from raybench.engine.checkpoint import derived_seed
+from raybench.engine.distributed import World
+from raybench.engine.subsets import fraction_subset
+from raybench.study.spec import DatasetSpec, TrialSpec
+from raybench.tasks import Task, Transform
 
 
 class GlobalBatchStream:
@@ -178,115 +184,6 @@ class Shard(Dataset):
         return image, target
 
 
-#: Second word of the subset generator's seed ``[trial seed, SUBSET_STREAM]``: the subset is
-#: drawn from its own stream, so it does not move the trial's other random numbers.
-SUBSET_STREAM = 0x5B5E7
-
-
-def subset_order(classes: Sequence[Sequence[int]], seed: int) -> list[int]:
-    """Every training item once, in the order the label-efficiency subsets take them: a
-    fraction ``f`` of the split is the first ``round(f * N)`` items (so the subsets are nested).
-
-    Why this order: stratification by the set of classes each image shows keeps rare classes
-    and multi-class images at their share at every fraction; a single order makes nesting
-    exact (the items of 10 % are also in 25 %, whatever the sizes).
-
-    1. *Coverage first*: for each class present (rarest first, ties by id), unless an earlier
-       pick already shows it, the first image of step 2's order that shows it. A subset of at
-       least this many images (at most one per class) holds every class of the split.
-    2. *Systematic stratified order* of the rest: images are grouped by their class set (the
-       empty set too); in a stratum of ``n`` images shuffled by the generator, the ``k``-th gets
-       the key ``(k + u) / n`` with one ``u ~ U[0, 1)`` per stratum; all images sorted by key
-       (ties: stratum order, then rank). Any prefix then holds ``floor`` or ``ceil`` of
-       ``f x n`` of every stratum.
-
-    Deterministic: one ``numpy.random.default_rng([seed, SUBSET_STREAM])``, strata in sorted
-    order of their class tuples.
-    """
-    rng = np.random.default_rng([int(seed), SUBSET_STREAM])
-    strata: dict[tuple[int, ...], list[int]] = {}
-    for i, cls in enumerate(classes):
-        strata.setdefault(tuple(sorted({int(c) for c in cls})), []).append(i)
-    keyed: list[tuple[float, int, int, int]] = []
-    for s, key in enumerate(sorted(strata)):
-        members = strata[key]
-        perm = rng.permutation(len(members))
-        u = float(rng.random())
-        keyed += [((k + u) / len(members), s, k, members[j]) for k, j in enumerate(perm)]
-    order = [item for *_, item in sorted(keyed)]
-    counts: dict[int, int] = {}
-    for cls in strata:
-        for c in cls:
-            counts[c] = counts.get(c, 0) + len(strata[cls])
-    first: list[int] = []
-    covered: set[int] = set()
-    sets = [set(int(c) for c in cls) for cls in classes]
-    for c in sorted(counts, key=lambda c: (counts[c], c)):
-        if c in covered:
-            continue
-        pick = next(i for i in order if c in sets[i])
-        first.append(pick)
-        covered |= sets[pick]
-    chosen = set(first)
-    return first + [i for i in order if i not in chosen]
-
-
-def subset_size(num_items: int, fraction: float) -> int:
-    """``round(fraction x num_items)`` (halves up), at least 1."""
-    return max(1, min(num_items, math.floor(fraction * num_items + 0.5)))
-
-
-def fraction_indices(classes: Sequence[Sequence[int]], fraction: float, seed: int) -> list[int]:
-    """The dataset indices (ascending) of the ``fraction`` subset; see :func:`subset_order`."""
-    if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"a training fraction must be in (0, 1], got {fraction!r}")
-    n = len(classes)
-    if fraction == 1.0:
-        return list(range(n))
-    return sorted(subset_order(classes, seed)[: subset_size(n, fraction)])
-
-
-class FractionSubset(Dataset):
-    """Items ``indices`` of ``dataset``, which otherwise looks like ``dataset`` (``task``,
-    ``num_classes``, ``class_names``, ... are its own), so the model is built for the same
-    classes whatever the fraction."""
-
-    def __init__(self, dataset: Any, indices: Sequence[int], fraction: float) -> None:
-        self.dataset, self.indices, self.fraction = dataset, list(indices), float(fraction)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, i: int) -> Any:
-        return self.dataset[self.indices[i]]
-
-    def image_classes(self, i: int) -> list[int]:
-        return self.dataset.image_classes(self.indices[i])
-
-    def __getattr__(self, name: str) -> Any:
-        if name in ("dataset", "indices", "fraction") or name.startswith("__"):
-            raise AttributeError(name)  # not set yet (unpickling): never recurse
-        return getattr(self.dataset, name)
-
-
-def fraction_subset(dataset: Any, fraction: float, seed: int) -> Any:
-    """The trial's training set: ``dataset`` itself at 1.0, else its nested, class-stratified
-    ``fraction`` subset (:func:`subset_order`; reads ``image_classes(i)``, no image decoded).
-
-    The recipe does not change with the fraction (same iterations, same global batch): a
-    smaller subset is seen for more epochs. That keeps the axis free of new hyper-parameters.
-    """
-    if fraction == 1.0:
-        return dataset
-    if not hasattr(dataset, "image_classes"):
-        raise TypeError(
-            f"train_fraction {fraction:g} needs the training set's image_classes(i) (for the "
-            f"stratified subset); {type(dataset).__name__} has none"
-        )
-    classes = [dataset.image_classes(i) for i in range(len(dataset))]
-    return FractionSubset(dataset, fraction_indices(classes, fraction, seed), fraction)
-
-
 def seed_worker(worker_id: int) -> None:
     """DataLoader ``worker_init_fn``: Python and NumPy follow the worker's torch seed
     (which the loader's seeded generator sets), so no worker ever runs unseeded."""
@@ -303,3 +200,84 @@ def ensure_dataset(spec: DatasetSpec) -> Path:
 
         ensure_synthetic(spec.root, spec.format, spec.synthetic)
     return Path(spec.root)
+
+
+def build_datasets(trial: TrialSpec) -> tuple[Any, Any]:
+    """(train, val) datasets of the trial, untransformed (the task's transforms come later)."""
+    from raybench.data import build_dataset
+
+    root = ensure_dataset(trial.dataset)
+    opts = dict(trial.dataset.options)
+    fmt = trial.dataset.format
+    return build_dataset(fmt, root, "train", **opts), build_dataset(fmt, root, "val", **opts)
+
+
+def trial_datasets(trial: TrialSpec, given: Mapping[str, Any] | None = None) -> tuple[Any, Any]:
+    """(train, val) a run trains and evaluates on: ``given`` (``{"train": ..., "val": ...}``)
+    or the trial's own, the training set cut to ``trial.train_fraction`` (the
+    label-efficiency axis)."""
+    train_set, val_set = (given["train"], given["val"]) if given is not None else build_datasets(trial)
+    return fraction_subset(train_set, trial.train_fraction, trial.seed), val_set
+
+
+class RunLoaders:
+    """One run's DataLoaders. The training loader starting at any iteration is a pure function
+    of that iteration (stream positions, per-sample seeds), so one rebuilt mid-run (with a
+    smaller micro-batch by the OOM fallback, or on a resume) continues the same data."""
+
+    def __init__(
+        self,
+        trial: TrialSpec,
+        task: Task,
+        stream: GlobalBatchStream,
+        datasets: tuple[Any, Any],
+        world: World,
+        device: torch.device,
+    ) -> None:
+        self.trial, self.task, self.stream, self.world = trial, task, stream, world
+        self.val_set = datasets[1]
+        self.options = loader_options(trial.recipe.loader_workers, device)
+        generator = torch.Generator()
+        transforms = task.transforms("train", generator)
+        self.train_items = SeededItems(datasets[0], transforms, generator, trial.seed)
+        self.batches: Iterator[Any] = iter(())  # the training micro-batches, in order
+        self.val_loader: DataLoader | None = None
+
+    def restart(self, first: int, accum: int, micro: int) -> None:
+        """Training from iteration ``first`` with ``accum`` micro-batches per iteration,
+        evaluation ``micro`` images a batch."""
+        train_loader = self.train(first, accum)
+        self.val_loader = self.val(micro)
+        self.batches = iter(train_loader)
+
+    def stop(self) -> None:
+        """Let the training loader go (its worker processes, its prefetched batches)."""
+        self.batches = iter(())
+
+    def train(self, first: int, accum: int) -> DataLoader:
+        """The micro-batches (``accum`` per iteration) of iterations ``first`` .. the last."""
+        rank, size = self.world.rank, self.world.size
+        total = self.trial.recipe.schedule.iterations
+        return DataLoader(
+            self.train_items,
+            batch_sampler=StreamBatchSampler(
+                self.stream, first, total, rank, size, accum, trace=BatchTrace.from_env(rank)
+            ),
+            collate_fn=self.task.collate,
+            worker_init_fn=seed_worker,
+            generator=torch.Generator().manual_seed(derived_seed(self.trial.seed, rank, first)),
+            **self.options,
+        )
+
+    def val(self, micro: int) -> DataLoader:
+        """This worker's shard of the validation split, ``micro`` images a batch."""
+        transforms = self.task.transforms("val", torch.Generator())
+        return DataLoader(
+            Shard(self.val_set, self.world.rank, self.world.size, transforms),
+            batch_size=micro,
+            shuffle=False,
+            collate_fn=self.task.collate,
+            worker_init_fn=seed_worker,
+            generator=torch.Generator().manual_seed(self.trial.seed),
+            **self.options,
+        )

@@ -1,4 +1,4 @@
-"""The reporter seam: where the engine's metrics (and checkpoint folders) go.
+"""Metric sinks: where the engine's reports (metrics and checkpoint folders) go.
 
 The engine calls ``report(metrics, checkpoint)`` on every worker at the same iterations
 (Ray Train expects all ranks to report); ``checkpoint`` is the folder just written, given
@@ -7,16 +7,22 @@ trial): the engine then checkpoints and returns early, and may take
 ``report_records(trial, iteration, records)``: the per-image records of the trial's final
 evaluation (:mod:`raybench.evaluation.records`, for bootstrap intervals), given on every
 worker (each holds all workers' records) once, when the trial ends. Ray's reporter lives in
-``raybench.sweep``; this module has the ones that need nothing but the file system.
+``raybench.sweep``; this module has the ones that need nothing but the file system and
+``logging``.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
+
+log = logging.getLogger(__name__)
+#: The metrics file of a run folder (rank 0 writes it: :class:`JsonlReporter`).
+METRICS_FILE = "metrics.jsonl"
 
 
 @runtime_checkable
@@ -85,8 +91,9 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     return out
 
 
-class ConsoleReporter:
-    """Prints validation metrics and checkpoints (the engine prints training progress itself)."""
+class LogReporter:
+    """Logs validation metrics and checkpoint folders (INFO, ``logging``): the console's view
+    of the reports. Training progress is logged by the loop itself (:mod:`raybench.engine.progress`)."""
 
     def __init__(self, prefix: str = "") -> None:
         self.prefix = prefix
@@ -95,9 +102,9 @@ class ConsoleReporter:
         val = {k: v for k, v in metrics.items() if k.startswith("val/") and "AP-" not in k}
         if val:
             text = "  ".join(f"{k}={v:.2f}" for k, v in sorted(val.items()))
-            print(f"{self.prefix}iter {int(metrics.get('iter', 0))}: {text}", flush=True)
+            log.info("%siter %d: %s", self.prefix, int(metrics.get("iter", 0)), text)
         if checkpoint is not None:
-            print(f"{self.prefix}checkpoint {checkpoint}", flush=True)
+            log.info("%scheckpoint %s", self.prefix, checkpoint)
 
 
 class MultiReporter:

@@ -1,44 +1,17 @@
-"""Per-image evaluation records: enough of a final evaluation to recompute its metrics on any
-multiset of validation images, without the model or the images.
-
-Why: a bootstrap confidence interval recomputes a metric on >= 1000 resamples of the
-validation set. Re-running SemSegEvaluator or COCOeval per resample would take minutes per
-cell; these records make a resample a weighted sum (semantic) or a weighted cumulative sum
-(detection), vectorised over all resamples at once.
-
-A resample is given as integer **weights** ``W[b, i]`` = how many times image ``i`` was drawn
-in resample ``b`` (``W = 1`` everywhere is the evaluation itself). Every ``compute`` returns one
-value per resample, in percent, defined exactly as the evaluator that wrote the records:
-
-* :class:`SemSegRecords` (``kind = "semseg"``): per image and class the intersection
-  (true-positive pixels), the union (ground truth + prediction - intersection) and the
-  ground-truth pixel count, all without ignored pixels. IoU of class c on a resample =
-  ``sum_i W_i inter_ic / sum_i W_i union_ic``; the mean runs over the classes with ground truth
-  *in the resample* (as :class:`~raybench.evaluation.semseg.SemSegEvaluator` leaves out classes
-  without ground truth), ``mIoU_nobg`` without the background class.
-* :class:`DetectionRecords` (``kind = "bbox"`` / ``"segm"``): COCOeval's per-image matching at
-  area range ``all`` and maxDets 100 (``evalImgs``): for each image and category the number of
-  non-ignored ground truths, and for each kept detection its score and, per IoU threshold,
-  whether it is a true positive (matched, not ignored) or a false positive (unmatched, not
-  ignored). AP is COCOeval.accumulate's: detections of a category sorted by score (stable,
-  images in id order), cumulative TP / FP, precision made monotone, read at 101 recall points,
-  averaged over IoU thresholds and over the categories with ground truth in the resample.
-  Duplicated images (weights > 1) give exactly COCOeval's value on a ground truth in which the
-  copies are separate images (tested against pycocotools), ties between *different*
-  detections with identical scores aside.
-"""
+"""Detection and instance-segmentation records: COCOeval's per-image matching, from which AP
+is recomputed on any resample of the images, vectorised over all resamples
+(:mod:`raybench.evaluation.records` says why, and what exactly is stored)."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 
-#: Version of the records' layout (bump when a field changes meaning; readers check it).
-SCHEMA_VERSION = 1
+from raybench.evaluation.records.weights import as_weights
+
 #: COCOeval's recall points (``Params.recThrs``), computed the same way for bit-equal floats.
 RECALL_THRESHOLDS = np.linspace(0.0, 1.00, int(np.round((1.00 - 0.0) / 0.01)) + 1)
 #: COCOeval's IoU thresholds (``Params.iouThrs``).
@@ -46,79 +19,6 @@ IOU_THRESHOLDS = np.linspace(0.5, 0.95, int(np.round((0.95 - 0.5) / 0.05)) + 1)
 #: Cells of a ``[resamples, detections]`` block processed at once: small enough that a block's
 #: several passes stay in the CPU cache (measured: 0.5 M is ~2.5x faster than 4 M).
 _BLOCK = 500_000
-
-
-def _weights(weights: Any, n: int) -> np.ndarray:
-    w = np.asarray(weights)
-    if w.ndim == 1:
-        w = w[None]
-    if w.ndim != 2 or w.shape[1] != n:
-        raise ValueError(f"weights must have shape [resamples, {n}] (one column per image), got {w.shape}")
-    return w
-
-
-@dataclass(frozen=True, eq=False)
-class SemSegRecords:
-    """Per-image, per-class pixel counts of a semantic-segmentation evaluation (see module doc).
-
-    ``images``: ``[N]`` image keys (the index of the image in the validation split);
-    ``inter`` / ``union`` / ``gt``: ``[N, C]`` int64 counts; ``class_names``: C names, as the
-    evaluator's ``IoU-<name>`` keys; ``prefix``: the metric prefix (``val/``).
-    """
-
-    kind: ClassVar[str] = "semseg"
-    images: np.ndarray
-    inter: np.ndarray
-    union: np.ndarray
-    gt: np.ndarray
-    class_names: tuple[str, ...]
-    background_index: int | None = 0
-    prefix: str = "val/"
-
-    def __post_init__(self) -> None:
-        n, c = len(self.images), len(self.class_names)
-        for name in ("inter", "union", "gt"):
-            shape = np.shape(getattr(self, name))
-            if shape != (n, c):
-                raise ValueError(f"SemSegRecords.{name} must be [{n}, {c}], got {shape}")
-
-    @property
-    def num_images(self) -> int:
-        return len(self.images)
-
-    def metrics(self) -> tuple[str, ...]:
-        """Metric names :meth:`compute` knows (as the evaluator names them)."""
-        names = ["mIoU", "mIoU_nobg", "mACC", "pACC", "fwIoU"]
-        names += [f"IoU-{n}" for n in self.class_names] + [f"ACC-{n}" for n in self.class_names]
-        return tuple(self.prefix + n for n in names)
-
-    def compute(self, metric: str, weights: Any) -> np.ndarray:
-        """``metric`` on every resample: weights ``[B, N]`` -> ``[B]`` percentages (NaN if undefined)."""
-        if metric not in self.metrics():
-            raise KeyError(f"semantic records cannot compute {metric!r}; known: {', '.join(self.metrics())}")
-        name = metric[len(self.prefix) :]
-        w = _weights(weights, self.num_images).astype(np.float64)
-        inter, union, gt = (w @ a.astype(np.float64) for a in (self.inter, self.union, self.gt))
-        valid = gt > 0
-        with np.errstate(invalid="ignore", divide="ignore"):
-            iou = np.where(valid, inter / np.maximum(union, 1), np.nan)
-            acc = np.where(valid, inter / np.maximum(gt, 1), np.nan)
-            total = gt.sum(1)
-            if name.startswith("IoU-") or name.startswith("ACC-"):
-                k = self.class_names.index(name[4:])
-                return (iou if name.startswith("IoU-") else acc)[:, k] * 100
-            if name == "pACC":
-                return np.where(total > 0, inter.sum(1) / np.maximum(total, 1), np.nan) * 100
-            if name == "fwIoU":
-                fw = np.where(valid, iou * gt, 0.0).sum(1)
-                return np.where(total > 0, fw / np.maximum(total, 1), np.nan) * 100
-            mask = valid.copy()
-            values = acc if name == "mACC" else iou
-            if name == "mIoU_nobg" and self.background_index is not None:
-                mask[:, self.background_index] = False
-            count = mask.sum(1)
-            mean = np.where(mask, values, 0.0).sum(1) / np.maximum(count, 1)
-            return np.where(count > 0, mean, np.nan) * 100
 
 
 @dataclass(frozen=True, eq=False)
@@ -185,7 +85,7 @@ class DetectionRecords:
             known = ", ".join(self.metrics())
             raise KeyError(f"{self.kind} records cannot compute {metric!r}; known: {known}")
         name = metric[len(self.prefix) :]
-        w = _weights(weights, self.num_images).astype(np.int64)
+        w = as_weights(weights, self.num_images).astype(np.int64)
         thresholds = list(range(len(self.iou_thresholds)))
         cats = list(range(len(self.categories)))
         if name in ("AP50", "AP75"):
@@ -295,48 +195,6 @@ def _recall_counts(npig: np.ndarray) -> np.ndarray:
     return m.astype(np.int64)
 
 
-Records = SemSegRecords | DetectionRecords
-
-
-@dataclass
-class EvalRecords:
-    """The records of one evaluation: one entry per kind (``semseg``; ``bbox`` and ``segm``)."""
-
-    parts: list[Records]
-
-    def by_metric(self, metric: str) -> Records | None:
-        """The part that can compute ``metric`` (None if none can)."""
-        return next((p for p in self.parts if metric in p.metrics()), None)
-
-    def metrics(self) -> tuple[str, ...]:
-        return tuple(m for p in self.parts for m in p.metrics())
-
-
-def semseg_records(
-    stats: Sequence[Any],
-    class_names: Sequence[str],
-    background_index: int | None = 0,
-    prefix: str = "val/",
-) -> SemSegRecords:
-    """Records from every worker's per-image statistics ``[n_r, 3, C]`` (intersection,
-    ground-truth pixels, predicted pixels; see ``SemSegEvaluator(per_image=True)``), in rank
-    order. The engine's validation shard of rank r holds split items ``r, r + world, ...``,
-    so image j of rank r is split item ``r + j * world``."""
-    world = len(stats)
-    keys, rows = [], []
-    for r, s in enumerate(stats):
-        a = np.asarray(s.cpu() if hasattr(s, "cpu") else s, dtype=np.int64).reshape(-1, 3, len(class_names))
-        keys.append(r + np.arange(len(a), dtype=np.int64) * world)
-        rows.append(a)
-    c = len(class_names)
-    key = np.concatenate(keys) if keys else np.zeros(0, np.int64)
-    arr = np.concatenate(rows) if rows else np.zeros((0, 3, c), np.int64)
-    order = np.argsort(key, kind="stable")
-    key, arr = key[order], arr[order]
-    inter, gt, pred = arr[:, 0], arr[:, 1], arr[:, 2]
-    return SemSegRecords(key, inter, gt + pred - inter, gt, tuple(class_names), background_index, prefix)
-
-
 def coco_records(
     kind: str,
     prefix: str,
@@ -402,28 +260,4 @@ def coco_records(
     )
 
 
-def full_weights(records: Records) -> np.ndarray:
-    """``[1, N]`` ones: the evaluation itself (a check that records reproduce the metric)."""
-    return np.ones((1, records.num_images), np.int64)
-
-
-def is_close(a: float, b: float, tol: float = 1e-6) -> bool:
-    """Both NaN, or equal within ``tol`` (percent points)."""
-    if math.isnan(a) or math.isnan(b):
-        return math.isnan(a) and math.isnan(b)
-    return abs(a - b) <= tol
-
-
-__all__ = [
-    "IOU_THRESHOLDS",
-    "RECALL_THRESHOLDS",
-    "SCHEMA_VERSION",
-    "DetectionRecords",
-    "EvalRecords",
-    "Records",
-    "SemSegRecords",
-    "coco_records",
-    "full_weights",
-    "is_close",
-    "semseg_records",
-]
+__all__ = ["IOU_THRESHOLDS", "RECALL_THRESHOLDS", "DetectionRecords", "coco_records"]
