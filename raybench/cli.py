@@ -12,6 +12,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
+from raybench.console import add_verbosity_arguments, console_output, verbosity
 from raybench.study import Study, StudyError, TrialSpec, load_study
 
 
@@ -100,11 +101,10 @@ def _add_grid(sub: argparse._SubParsersAction) -> None:
 
 def cmd_preflight(args: argparse.Namespace) -> int:
     """Load the study (grid's checks where the data is visible), then the pre-flight checks;
-    their report and messages are raybench's log records, shown here as ``raybench run``
-    shows them (:func:`raybench.sweep.console.console_output`)."""
+    their report and messages are raybench's log records, on the console as every command's
+    (:func:`raybench.console.console_output`, set up by :func:`main`)."""
     from raybench.errors import UserInputError
     from raybench.preflight import preflight
-    from raybench.sweep.console import console_output
     from raybench.sweep.layout import ExperimentLayout
 
     if args.sample < 0:
@@ -121,8 +121,7 @@ def cmd_preflight(args: argparse.Namespace) -> int:
         from raybench.sweep.runner import SweepOptions, connect
 
         mode = connect(SweepOptions(address=args.address))
-    with console_output():
-        preflight(study, trials, storage, mode=mode, sample=args.sample, remote=True if args.remote else None)
+    preflight(study, trials, storage, mode=mode, sample=args.sample, remote=True if args.remote else None)
     return 0
 
 
@@ -161,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Transfer-learning sweeps for industrial inspection on Ray "
         "(study -> sweep -> trial -> engine -> report).",
     )
+    add_verbosity_arguments(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_grid(sub)
     _add_preflight(sub)
@@ -224,7 +224,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)  # --help may meet a closed pipe too
-        code = int(args.func(args) or 0)
+        with console_output(verbosity(args)):  # raybench's log records: this command's console
+            code = int(args.func(args) or 0)
         sys.stdout.flush()  # a closed pipe shows here, not as a message at interpreter exit
         return code
     except BrokenPipeError:

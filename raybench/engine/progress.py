@@ -15,8 +15,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import sys
 from collections.abc import Iterator, Mapping
+
+from raybench.console import console_output
 
 log = logging.getLogger(__name__)
 #: The logger whose records a run's console shows: every engine module's (loop, sinks, ...).
@@ -75,23 +76,5 @@ class Progress:
         if not self.enabled or _configured(engine):
             yield
             return
-        with stdout_records(engine):
+        with console_output(logger=engine.name, fmt="%(message)s"):
             yield
-
-
-@contextlib.contextmanager
-def stdout_records(logger: logging.Logger, fmt: str = "%(message)s") -> Iterator[logging.Handler]:
-    """``logger``'s records from INFO up on stdout (as ``fmt``) for the duration; the handler is
-    yielded (for filters) and removed again afterwards, the logger's level restored."""
-    handler = logging.StreamHandler(sys.stdout)  # the stdout of now: pytest's capture, a redirect
-    handler.setFormatter(logging.Formatter(fmt))
-    old_level = logger.level
-    logger.addHandler(handler)
-    if logger.getEffectiveLevel() > logging.INFO:
-        logger.setLevel(logging.INFO)
-    try:
-        yield handler
-    finally:
-        sys.stdout.flush()
-        logger.removeHandler(handler)
-        logger.setLevel(old_level)

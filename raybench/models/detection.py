@@ -16,7 +16,7 @@ the Detectron2 R-CNN FPN layout — and the configuration from the study:
   detection tasks therefore only flips: resizing there as well would resample twice.
   Predictions come back in the input image's pixel frame (torchvision's post-processing).
 - anchors: one size per level (``anchor_sizes``), every level with ``aspect_ratios``;
-- RPN / ROI sampling and test-time limits from :class:`~raybench.study.spec.DetectorOptions`;
+- RPN / ROI sampling and test-time limits from :class:`~raybench.study.model_options.DetectorOptions`;
 - classes: the dataset's K foreground classes + background (index 0);
 - heads: torchvision's defaults (RPN: one 3x3 conv; box: two 1024-d FC; mask: four 3x3
   convs + deconv), except that the mask head is as wide as the FPN (``fpn_channels``,
@@ -38,11 +38,14 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
 
 from raybench.backbones import Backbone
-from raybench.study.spec import DetectorOptions, InputSpec
+from raybench.models.registry import find_decoder, list_decoders, register_decoder
+from raybench.study.model_options import DetectorOptions
+from raybench.study.spec import InputSpec
 
 #: FPN levels seen by the RPN: P2..P5 from the backbone + P6 from max-pooling P5.
 NUM_LEVELS = 5
-DETECTORS: tuple[str, ...] = ("faster_rcnn", "mask_rcnn")
+#: Task kinds whose decoders are detectors built by :func:`build_detector`.
+DETECTION_TASKS: tuple[str, ...] = ("detection", "instance")
 
 
 class FPNBackbone(nn.Module):
@@ -91,18 +94,42 @@ class DetectorTransform(GeneralizedRCNNTransform):
 
 
 def build_detector(
-    kind: str,
+    decoder: str,
     backbone: Backbone,
     num_classes: int,
     options: DetectorOptions,
     input_spec: InputSpec,
 ) -> GeneralizedRCNN:
-    """Faster R-CNN (``kind="faster_rcnn"``) or Mask R-CNN (``"mask_rcnn"``) over ``backbone``.
+    """The registered detector ``decoder`` (``faster_rcnn``, ``mask_rcnn``) over ``backbone``.
 
     ``num_classes`` is the dataset's number of foreground classes K; the heads get K + 1.
     """
-    if kind not in DETECTORS:
-        raise ValueError(f"unknown detector {kind!r}; expected one of {DETECTORS}")
+    entry = find_decoder(decoder)
+    if entry is None or entry.task not in DETECTION_TASKS:
+        known = tuple(d for task in DETECTION_TASKS for d in list_decoders(task))
+        raise ValueError(f"unknown detector {decoder!r}; expected one of {known}")
+    return entry.build(backbone, num_classes, options, input_spec)
+
+
+@register_decoder("faster_rcnn", task="detection", options=DetectorOptions)
+def faster_rcnn(
+    backbone: Backbone, num_classes: int, options: DetectorOptions, input_spec: InputSpec
+) -> GeneralizedRCNN:
+    """torchvision's Faster R-CNN over ``backbone`` + FPN."""
+    return _rcnn(backbone, num_classes, options, input_spec, masks=False)
+
+
+@register_decoder("mask_rcnn", task="instance", options=DetectorOptions)
+def mask_rcnn(
+    backbone: Backbone, num_classes: int, options: DetectorOptions, input_spec: InputSpec
+) -> GeneralizedRCNN:
+    """torchvision's Mask R-CNN over ``backbone`` + FPN, its mask head as wide as the FPN."""
+    return _rcnn(backbone, num_classes, options, input_spec, masks=True)
+
+
+def _rcnn(
+    backbone: Backbone, num_classes: int, options: DetectorOptions, input_spec: InputSpec, *, masks: bool
+) -> GeneralizedRCNN:
     if len(options.anchor_sizes) != NUM_LEVELS:
         raise ValueError(
             f"anchor_sizes needs one size per FPN level ({NUM_LEVELS}: P2..P6), got {options.anchor_sizes}"
@@ -124,7 +151,7 @@ def build_detector(
         "box_score_thresh": options.box_score_thresh,
     }
     fpn_backbone = FPNBackbone(backbone, options.fpn_channels)
-    if kind == "faster_rcnn":
+    if not masks:
         model = FasterRCNN(fpn_backbone, **kwargs)
     else:
         model = MaskRCNN(fpn_backbone, **kwargs)

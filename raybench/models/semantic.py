@@ -10,7 +10,8 @@ normalisation), runs the backbone (4 maps at strides 4/8/16/32, frozen or not) a
 - ``model(images)`` -> per-class scores ``[B, C, H, W]`` at the (padded) input size; the
   argmax over C is the prediction.
 
-Heads (picked by the study's decoder from :data:`HEADS`):
+Heads (each registered for the ``semantic`` task under its study decoder name with
+:func:`~raybench.models.registry.register_decoder`, next to its builder):
 
 - ``mask2former``: raybench's Mask2Former port (:mod:`raybench.models.mask2former`); classes are
   ``0..C-1`` with 0 = background; scores = ``semantic_inference`` (sum over queries of
@@ -24,7 +25,7 @@ Heads (picked by the study's decoder from :data:`HEADS`):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -35,13 +36,9 @@ from segmentation_models_pytorch.decoders.upernet.decoder import UPerNetDecoder
 from torch import Tensor, nn
 
 from raybench.backbones import Backbone
-from raybench.models.mask2former import (
-    Mask2FormerConfig,
-    Mask2FormerHead,
-    semantic_inference,
-    semantic_to_targets_batch,
-)
-from raybench.study.spec import Mask2FormerOptions, SmpOptions
+from raybench.models.mask2former import Mask2FormerHead, semantic_inference, semantic_to_targets_batch
+from raybench.models.registry import find_decoder, list_decoders, register_decoder
+from raybench.study.model_options import Mask2FormerOptions, SmpOptions
 
 IGNORE_INDEX = 255
 #: smp decoders read encoder outputs laid out as [stride 1, stride 2, stride 4, ..., stride 32]
@@ -71,11 +68,11 @@ class Mask2FormerSemanticHead(SemanticHead):
     and the deep-supervision ones); their sum is Mask2Former's total loss.
     """
 
-    def __init__(self, config: Mask2FormerConfig, ignore_index: int = IGNORE_INDEX) -> None:
+    def __init__(self, mask2former: Mask2FormerHead, ignore_index: int = IGNORE_INDEX) -> None:
         super().__init__()
-        self.num_classes = config.num_classes
+        self.num_classes = mask2former.num_classes
         self.ignore_index = ignore_index
-        self.mask2former = Mask2FormerHead(config)
+        self.mask2former = mask2former
 
     def loss(self, features: Sequence[Tensor], sem_seg: Tensor) -> dict[str, Tensor]:
         outputs = self.mask2former(features)
@@ -199,46 +196,24 @@ class SemanticSegmenter(nn.Module):
 
 
 # --- head builders: (backbone channels, classes incl. background, options, ignore) -> head ---
-def mask2former_config(
-    options: Mask2FormerOptions, in_channels: Sequence[int], num_classes: int
-) -> Mask2FormerConfig:
-    """The port's config from the study's :class:`Mask2FormerOptions`."""
-    o = options
-    return Mask2FormerConfig(
-        num_classes=num_classes,
-        in_channels=tuple(in_channels),
-        hidden_dim=o.hidden_dim,
-        conv_dim=o.conv_dim,
-        mask_dim=o.mask_dim,
-        num_queries=o.num_queries,
-        nheads=o.nheads,
-        enc_layers=o.enc_layers,
-        dec_layers=o.dec_layers,
-        enc_dim_feedforward=o.enc_dim_feedforward,
-        dec_dim_feedforward=o.dim_feedforward,
-        n_points=o.n_points,
-        num_points=o.num_points,
-        oversample_ratio=o.oversample_ratio,
-        importance_sample_ratio=o.importance_sample_ratio,
-        class_weight=o.class_weight,
-        mask_weight=o.mask_weight,
-        dice_weight=o.dice_weight,
-        no_object_weight=o.no_object_weight,
-        class_cost=o.class_cost,
-    )
-
-
-def _mask2former(channels: Sequence[int], num_classes: int, options: Any, ignore_index: int) -> SemanticHead:
-    return Mask2FormerSemanticHead(mask2former_config(options, channels, num_classes), ignore_index)
+@register_decoder("mask2former", task="semantic", options=Mask2FormerOptions)
+def mask2former_head(
+    channels: Sequence[int], num_classes: int, options: Mask2FormerOptions, ignore_index: int
+) -> SemanticHead:
+    """raybench's Mask2Former port, configured by ``options`` alone."""
+    head = Mask2FormerHead.from_options(options, num_classes=num_classes, in_channels=channels)
+    return Mask2FormerSemanticHead(head, ignore_index)
 
 
 def _smp_encoder_channels(channels: Sequence[int]) -> list[int]:
     return [0] * SMP_LEADING_LEVELS + list(channels)  # the empty slots have no channels
 
 
-def _upernet(
+@register_decoder("upernet", task="semantic", options=SmpOptions)
+def upernet_head(
     channels: Sequence[int], num_classes: int, options: SmpOptions, ignore_index: int
 ) -> SemanticHead:
+    """smp's UPerNet decoder + dropout + 1x1 classifier."""
     decoder = UPerNetDecoder(
         encoder_channels=_smp_encoder_channels(channels),
         encoder_depth=5,
@@ -253,7 +228,11 @@ def fpn_segmentation_channels(decoder_channels: int) -> int:
     return 32 * max(1, decoder_channels // 64)
 
 
-def _fpn(channels: Sequence[int], num_classes: int, options: SmpOptions, ignore_index: int) -> SemanticHead:
+@register_decoder("fpn", task="semantic", options=SmpOptions)
+def fpn_head(
+    channels: Sequence[int], num_classes: int, options: SmpOptions, ignore_index: int
+) -> SemanticHead:
+    """smp's FPN decoder (pyramid ``decoder_channels`` wide) + dropout + 1x1 classifier."""
     seg = fpn_segmentation_channels(options.decoder_channels)
     decoder = FPNDecoder(
         encoder_channels=_smp_encoder_channels(channels),
@@ -266,11 +245,6 @@ def _fpn(channels: Sequence[int], num_classes: int, options: SmpOptions, ignore_
     return SmpSemanticHead(decoder, seg, num_classes, options.dropout, ignore_index)
 
 
-HeadBuilder = Callable[[Sequence[int], int, Any, int], SemanticHead]
-#: Study decoder -> head builder ``(backbone channels, classes incl. background, options, ignore_index)``.
-HEADS: dict[str, HeadBuilder] = {"mask2former": _mask2former, "upernet": _upernet, "fpn": _fpn}
-
-
 def build_segmenter(
     decoder: str, backbone: Backbone, num_classes: int, options: Any, ignore_index: int = IGNORE_INDEX
 ) -> SemanticSegmenter:
@@ -278,22 +252,24 @@ def build_segmenter(
 
     ``options``: the recipe's typed model options (``RecipeSpec.model_options(decoder)``).
     """
-    try:
-        builder = HEADS[decoder]
-    except KeyError:
-        raise ValueError(f"no semantic head {decoder!r}; known: {', '.join(sorted(HEADS))}") from None
-    return SemanticSegmenter(backbone, builder(list(backbone.channels), num_classes, options, ignore_index))
+    entry = find_decoder(decoder)
+    if entry is None or entry.task != "semantic":
+        raise ValueError(f"no semantic head {decoder!r}; known: {', '.join(list_decoders('semantic'))}")
+    return SemanticSegmenter(
+        backbone, entry.build(list(backbone.channels), num_classes, options, ignore_index)
+    )
 
 
 __all__ = [
-    "HEADS",
     "IGNORE_INDEX",
     "Mask2FormerSemanticHead",
     "SemanticHead",
     "SemanticSegmenter",
     "SmpSemanticHead",
     "build_segmenter",
+    "fpn_head",
     "fpn_segmentation_channels",
-    "mask2former_config",
+    "mask2former_head",
     "normalize_padded",
+    "upernet_head",
 ]

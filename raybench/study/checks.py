@@ -1,14 +1,16 @@
-"""Study checks that ask other packages: dataset options and task, headline metric names.
+"""Study checks that ask other packages: datasets, backbones, headline metric names.
 
 The answers come from the code that will act on them, so the study file is checked against
 what really runs, not against a copy of it here:
 
 * a dataset's options and its task from the data registry (``raybench.data``: each format's
-  ``OPTIONS`` and ``task``);
+  declared options, ``task`` and ``validate_options``), the decoders of a task from the
+  decoder registry (``raybench.models.registry``);
+* a backbone entry by building it as a trial would, on the meta device (``raybench.backbones``);
 * the metric names of a task from the evaluators themselves (``raybench.evaluation``), by
   evaluating an empty split.
 
-Both packages import torch, so they are imported lazily; when one cannot be imported the
+These packages import torch, so they are imported lazily; when one cannot be imported the
 check is skipped (the run would fail at that import anyway, with its own message).
 """
 
@@ -25,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from raybench.study.schema import Collector, convert, did_you_mean, join
-from raybench.study.spec import DECODERS, BackboneSpec, DatasetSpec
+from raybench.study.spec import TASK_KINDS, BackboneSpec, DatasetSpec
 
 #: Stands for a class name in per-class metric names (``val/IoU-<class>``).
 CLASS_PLACEHOLDER = "<class>"
@@ -81,14 +83,15 @@ def _check_option_type(value: Any, default: Any, path: str, out: Collector) -> N
         out.add(path, f"expected a mapping, got {value!r}")
 
 
-def check_dataset(dataset: DatasetSpec, path: str, out: Collector) -> DatasetSpec:
-    """Check ``dataset.options`` and ``dataset.task`` against its format's loader.
+def check_dataset_entry(dataset: DatasetSpec, path: str, out: Collector) -> DatasetSpec:
+    """Check a study's dataset entry (``options``, ``task``) against its format's loader.
 
     - every option must be one the loader accepts (``datasets[i].options.<key>``, with a
       "did you mean"); its type must match the loader's default where that is cheap to tell;
     - the study's ``task`` must be the format's task. A format whose task is an option
       (generic ``coco``: ``options.task``, default detection) gets the study's task passed
       as ``options.task`` when the options do not set it; when they do, the two must agree.
+      Such a format lists the tasks its option takes in ``TASKS``.
 
     Returns the dataset, with ``options.task`` filled in where that applies.
     """
@@ -98,7 +101,9 @@ def check_dataset(dataset: DatasetSpec, path: str, out: Collector) -> DatasetSpe
     options_path = join(path, "options")
     if not isinstance(dataset.options, Mapping):
         return dataset  # already reported
-    accepted: dict[str, Any] = dict(cls.OPTIONS)
+    from raybench.data import dataset_options
+
+    accepted = dataset_options(dataset.format)
     for key, value in dataset.options.items():
         if key not in accepted:
             out.add(
@@ -109,21 +114,22 @@ def check_dataset(dataset: DatasetSpec, path: str, out: Collector) -> DatasetSpe
         else:
             _check_option_type(value, accepted[key], join(options_path, key), out)
 
-    if dataset.task not in DECODERS:
+    if dataset.task not in TASK_KINDS:
         return dataset  # an unknown task is already reported
     if "task" not in accepted:
-        fixed = getattr(cls, "task", None)
-        if fixed is not None and fixed != dataset.task:
+        from raybench.models.registry import list_decoders
+
+        if cls.task != dataset.task:
             out.add(
                 join(path, "task"),
-                f"format {dataset.format!r} gives {fixed!r} data, not {dataset.task!r}; "
-                f"set task: {fixed} (and a decoder of {DECODERS.get(fixed, ())})",
+                f"format {dataset.format!r} gives {cls.task!r} data, not {dataset.task!r}; "
+                f"set task: {cls.task} (and a decoder of {list_decoders(cls.task)})",
             )
         return dataset
-    allowed = getattr(cls, "TASKS", None)  # the values the loader's task option takes
+    allowed = cls.TASKS  # the values the loader's task option takes
     given = dataset.options.get("task")
     if given is None:
-        if allowed is not None and dataset.task not in allowed:
+        if dataset.task not in allowed:
             out.add(
                 join(path, "task"),
                 f"format {dataset.format!r} serves task {' or '.join(map(repr, allowed))}, "
@@ -146,7 +152,7 @@ def metric_names(task: str) -> tuple[str, ...] | None:
     :data:`CLASS_PLACEHOLDER`. None if the evaluators cannot be imported.
 
     Asked of the evaluators with an empty split; the prefix and arguments are those of the
-    tasks (``raybench.tasks.semantic.SemanticEvaluator``: ``val/``, background index 0;
+    tasks (``raybench.tasks.semantic.GatheredSemSegEvaluator``: ``val/``, background index 0;
     ``raybench.tasks.detection``: box AP, plus mask AP for instance segmentation).
     """
     names = (CLASS_PLACEHOLDER, CLASS_PLACEHOLDER)
@@ -182,7 +188,7 @@ def metric_matches(metric: str, names: Sequence[str]) -> bool:
 
 def check_metric(dataset: DatasetSpec, path: str, out: Collector) -> None:
     """The headline ``metric`` must be one the task's evaluator reports."""
-    if dataset.metric is None or dataset.task not in DECODERS:
+    if dataset.metric is None or dataset.task not in TASK_KINDS:
         return
     names = metric_names(dataset.task)
     if names is None:
@@ -252,18 +258,17 @@ def check_dataset_start(dataset: DatasetSpec, path: str, out: Collector, *, dry_
     cls = _dataset_class(dataset.format)
     if cls is None or not isinstance(dataset.options, Mapping):
         return
+    from raybench.data import DatasetOptionError
+
     options_path = join(path, "options")
-    validate = getattr(cls, "validate_options", None)
-    if validate is not None:
-        try:
-            validate(dict(dataset.options))
-        except Exception as exc:  # noqa: BLE001 - DatasetOptionError, or a plain ValueError
-            option = getattr(exc, "option", None)
-            if option is not None:
-                out.add(join(options_path, str(option)), str(getattr(exc, "detail", exc)))
-            else:
-                out.add(options_path, str(exc))
-            return
+    try:
+        cls.validate_options(dict(dataset.options))
+    except DatasetOptionError as exc:
+        out.add(join(options_path, exc.option), exc.detail)
+        return
+    except Exception as exc:  # noqa: BLE001 - any other refusal of the loader names no option
+        out.add(options_path, str(exc))
+        return
     if dry_run or "://" in dataset.root:
         return
     root = Path(dataset.root)
@@ -361,13 +366,10 @@ def check_backbone_start(backbone: BackboneSpec, path: str, out: Collector, *, d
     """The backbone builds as a trial would build it (``out_indices``, strides, architecture
     options), and in a real run its ``weights`` file is one the backbone can load."""
     try:
-        import torch  # noqa: F401
-
-        from raybench import backbones
+        from raybench.backbones import backbone_problems, check_weights
     except ImportError:
         return
-    cheap = getattr(backbones, "backbone_problems", None)  # entry checks needing no model
-    found = cheap(backbone) if cheap is not None else []
+    found = backbone_problems(backbone)  # entry checks needing no model
     for key, message in found:
         out.add(join(path, key), message)
     if found:
@@ -377,8 +379,7 @@ def check_backbone_start(backbone: BackboneSpec, path: str, out: Collector, *, d
         key = "out_indices" if backbone.out_indices is not None else "timm_name"
         out.add(join(path, key), f"the backbone cannot be built: {problem}")
         return
-    check_weights = getattr(backbones, "check_weights", None)
-    if dry_run or not backbone.weights or check_weights is None or "://" in backbone.weights:
+    if dry_run or not backbone.weights or "://" in backbone.weights:
         return
     if not Path(backbone.weights).is_file():
         return  # reported by the loader

@@ -1,10 +1,14 @@
-"""Load a YAML study file, validate all of it up front, and expand it into trials."""
+"""Load a YAML study file, validate all of it up front, and expand it into trials.
+
+:func:`parse_study` reads the file's entries (paths expanded: :mod:`.paths`), checks each
+section with every problem collected (:mod:`.checks` asks the packages that will act on an
+entry), then expands the valid entries into trials (:mod:`.expand`).
+"""
 
 from __future__ import annotations
 
 import fnmatch
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -15,27 +19,25 @@ import yaml
 from raybench.study.checks import (
     check_backbone,
     check_backbone_start,
-    check_dataset,
+    check_dataset_entry,
     check_dataset_start,
-    check_layer_decay,
     check_metric,
 )
+from raybench.study.expand import expand_trials
+from raybench.study.paths import expand_at
 from raybench.study.schema import (
     Collector,
     Problem,
     StudyError,
     build,
-    deep_merge,
     did_you_mean,
     join,
     name_problem,
     yaml_line_map,
 )
 from raybench.study.spec import (
-    DECODERS,
-    MODEL_OPTIONS,
     NAME,
-    REGIMES,
+    TASK_KINDS,
     BackboneSpec,
     DatasetSpec,
     RecipeSpec,
@@ -108,59 +110,6 @@ class Study:
 #: Seeds reach numpy's SeedSequence / default_rng (non-negative) and torch.manual_seed.
 MAX_SEED = 2**63 - 1
 
-_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(:-([^}]*))?\}")
-
-_BARE_ENV = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
-
-
-class UnsetVariableError(ValueError):
-    """A ``${VAR}`` in a path names a variable that is not set and gives no default."""
-
-    def __init__(self, variable: str, value: str) -> None:
-        super().__init__(
-            f"environment variable {variable} is not set (in {value!r}); set it, or give a "
-            f"default: ${{{variable}:-/path}}"
-        )
-        self.variable = variable
-
-
-def expand_path(value: str, base: Path) -> str:
-    """``${VAR:-default}`` expansion, ``~``, and paths relative to the study file's folder.
-
-    URIs (``s3://``, ``gs://``, ``http(s)://``) are kept as they are. An unset ``${VAR}``
-    without a default raises :class:`UnsetVariableError`: expanding it to "" would turn
-    ``${DATA}/gdxray`` into ``/gdxray`` (and a synthetic dataset would be written there).
-    """
-
-    bare = _BARE_ENV.search(value)
-    if bare:
-        raise ValueError(
-            f"${bare.group(1)} in {value!r} is not expanded (only ${{VAR}} is); write ${{{bare.group(1)}}}"
-        )
-
-    def sub(m: re.Match[str]) -> str:
-        if m.group(1) in os.environ:
-            return os.environ[m.group(1)]
-        if m.group(2) is None:
-            raise UnsetVariableError(m.group(1), value)
-        return m.group(3)
-
-    expanded = os.path.expanduser(_ENV.sub(sub, value))
-    if not expanded.strip():
-        raise ValueError(f"path {value!r} is empty once expanded")
-    if "://" in expanded or os.path.isabs(expanded):
-        return expanded
-    return str((base / expanded).resolve())
-
-
-def _expand_at(value: str, base: Path, path: str, out: Collector) -> str | None:
-    """:func:`expand_path`, a problem at ``path`` (None) when it cannot be expanded."""
-    try:
-        return expand_path(value, base)
-    except ValueError as exc:
-        out.add(path, str(exc))
-        return None
-
 
 def known_formats() -> list[str] | None:
     """Dataset formats the data registry knows (None if the registry cannot be imported)."""
@@ -206,57 +155,44 @@ def _has_problem(out: Collector, path: str) -> bool:
     return any(p.path == path or p.path.startswith((f"{path}.", f"{path}[")) for p in out.problems)
 
 
-def _merged_recipe(raw_recipes: Mapping[str, Any], dataset: DatasetSpec, arch: str) -> dict[str, Any]:
-    base = dict(raw_recipes[dataset.recipe])
-    by_backbone = base.pop("by_backbone", {}) or {}
-    merged = deep_merge(base, by_backbone.get(arch, {}) or {})
-    return deep_merge(merged, dataset.overrides)
+@dataclass
+class _Entries:
+    """The file's entries with their YAML index (entries that failed to parse are absent)."""
+
+    datasets: list[tuple[int, DatasetSpec]]
+    backbones: list[tuple[int, BackboneSpec]]
+    rows: list[tuple[int, RowSpec]]
 
 
-def parse_study(
-    data: Any,
-    source: str = "<study>",
-    *,
-    base_dir: Path | None = None,
-    dry_run: bool = False,
-    lines: Mapping[str, int] | None = None,
-) -> Study:
-    """Validate plain study data (as loaded from YAML) and expand it into trials."""
-    out = Collector(lines)
-    base = base_dir or Path.cwd()
-    top = build(StudyFile, data, "", out)
-    if top is None:
-        raise StudyError(out.problems, source)
-
-    # Paths: expand env vars and make them absolute relative to the study file.
-    # Entries that failed to build are None (already reported); keep indices for paths.
-    # A path that cannot be expanded (unset variable) drops its entry (reported).
-    datasets_at = []
+def _read_entries(top: StudyFile, base: Path, out: Collector) -> _Entries:
+    """Entries with their paths expanded (env vars, relative to the study file); an entry
+    whose path cannot be expanded (unset variable) is dropped, its problem reported."""
+    datasets = []
     for i, d in enumerate(top.datasets or ()):
-        root = _expand_at(d.root, base, join(join("datasets", i), "root"), out) if d else None
+        root = expand_at(d.root, base, join(join("datasets", i), "root"), out) if d else None
         if root is not None:
-            datasets_at.append((i, replace(d, root=root)))
-    datasets = tuple(d for _, d in datasets_at)
-    # (YAML index, backbone): a backbone that failed to parse is dropped, its index is kept.
-    backbones_at = []
+            datasets.append((i, replace(d, root=root)))
+    backbones = []
     for i, b in enumerate(top.backbones or ()):
         if b is None:
             continue
         weights = (
-            _expand_at(b.weights, base, join(join("backbones", i), "weights"), out) if b.weights else None
+            expand_at(b.weights, base, join(join("backbones", i), "weights"), out) if b.weights else None
         )
         if weights is not None or not b.weights:
-            backbones_at.append((i, replace(b, weights=weights)))
-    backbones = tuple(b for _, b in backbones_at)
-    rows_at = [(i, r) for i, r in enumerate(top.rows or ()) if r is not None]
-    rows = tuple(r for _, r in rows_at)
+            backbones.append((i, replace(b, weights=weights)))
+    rows = [(i, r) for i, r in enumerate(top.rows or ()) if r is not None]
+    return _Entries(datasets, backbones, rows)
 
-    _check_unique([(i, d.id) for i, d in datasets_at], "datasets", "dataset id", out)
-    _check_unique([(i, b.id) for i, b in backbones_at], "backbones", "backbone id", out)
-    _check_unique([(i, f"{r.backbone}/{r.regime}") for i, r in rows_at], "rows", "row", out)
+
+def _check_top_level(top: StudyFile, entries: _Entries, out: Collector) -> tuple[float, ...]:
+    """Unique ids, seeds, fractions, recipe names, non-empty sections; the valid fractions."""
+    _check_unique([(i, d.id) for i, d in entries.datasets], "datasets", "dataset id", out)
+    _check_unique([(i, b.id) for i, b in entries.backbones], "backbones", "backbone id", out)
+    _check_unique([(i, f"{r.backbone}/{r.regime}") for i, r in entries.rows], "rows", "row", out)
     _check_unique([(i, str(s)) for i, s in enumerate(top.seeds)], "seeds", "seed", out)
     _check_unique(
-        [(i, f"{b.arch}-{b.pretraining}") for i, b in backbones_at],
+        [(i, f"{b.arch}-{b.pretraining}") for i, b in entries.backbones],
         "backbones",
         "backbone arch+pretraining (trial names would collide):",
         out,
@@ -271,41 +207,46 @@ def parse_study(
             out.add(join("recipes", name), f"recipe name {why}")
     if not top.seeds:
         out.add("seeds", "needs at least one seed")
-    if not rows:
+    if not entries.rows:
         out.add("rows", "needs at least one row (backbone x regime)")
-    if not datasets:
+    if not entries.datasets:
         out.add("datasets", "needs at least one dataset")
+    return fractions
 
-    backbone_ids = {b.id: b for b in backbones}
-    arches = {b.arch for b in backbones}
+
+def _check_backbones(top: StudyFile, entries: _Entries, out: Collector, *, dry_run: bool) -> None:
+    """Rows name known backbones; each backbone builds as a trial would, its weights exist."""
+    ids = list(dict.fromkeys(b.id for _, b in entries.backbones))  # file order: stable hints
     for i, row in enumerate(top.rows or ()):
-        if row is not None and row.backbone not in backbone_ids:
+        if row is not None and row.backbone not in ids:
             out.add(
                 join(join("rows", i), "backbone"),
-                f"unknown backbone {row.backbone!r}{did_you_mean(row.backbone, backbone_ids)}"
-                f"; known: {sorted(backbone_ids)}",
+                f"unknown backbone {row.backbone!r}{did_you_mean(row.backbone, ids)}; known: {sorted(ids)}",
             )
-    for i, b in backbones_at:
+    for i, b in entries.backbones:
+        path = join("backbones", i)
         before = len(out.problems)
-        check_backbone(b, join("backbones", i), out)
-        if len(out.problems) == before and not _has_problem(out, join("backbones", i)):
-            check_backbone_start(b, join("backbones", i), out, dry_run=dry_run)
+        check_backbone(b, path, out)
+        if len(out.problems) == before and not _has_problem(out, path):
+            check_backbone_start(b, path, out, dry_run=dry_run)
         if b.weights and not dry_run and "://" not in b.weights and not Path(b.weights).is_file():
-            out.add(join(join("backbones", i), "weights"), f"weights file not found: {b.weights}")
+            out.add(join(path, "weights"), f"weights file not found: {b.weights}")
         if b.weights and not b.pretrained:
             out.add(
-                join(join("backbones", i), "weights"),
-                "a weights file is given but pretrained is false; set pretrained: true",
+                join(path, "weights"), "a weights file is given but pretrained is false; set pretrained: true"
             )
 
-    # Recipes: each base recipe complete; overrides only name keys that exist.
-    bad_recipes: set[str] = set()
+
+def _check_recipes(top: StudyFile, arches: set[str], out: Collector) -> set[str]:
+    """Each base recipe complete, ``by_backbone`` blocks partial and for known archs; the
+    names of the recipes with a problem."""
+    bad: set[str] = set()
     for name, raw in top.recipes.items():
         path = join("recipes", name)
         before = len(out.problems)
         if not isinstance(raw, Mapping):
             out.add(path, f"expected a mapping, got {raw!r}")
-            bad_recipes.add(name)
+            bad.add(name)
             continue
         build(RecipeSpec, raw, path, out)
         by_backbone = raw.get("by_backbone") or {}
@@ -317,120 +258,101 @@ def parse_study(
                 )
             build(RecipeSpec, partial, join(join(path, "by_backbone"), arch), out, partial=True)
         if len(out.problems) > before:
-            bad_recipes.add(name)
+            bad.add(name)
+    return bad
+
+
+def _check_dataset(
+    top: StudyFile, d: DatasetSpec, path: str, formats: list[str] | None, out: Collector, *, dry_run: bool
+) -> tuple[DatasetSpec, bool]:
+    """One dataset entry: format, task and decoder, recipe, metric, overrides, then its root.
+
+    Returns the entry with what its format's loader fills in (``options.task``), and whether
+    the entry itself (all but the root) is sound, so that its trials can be expanded."""
+    from raybench.models.registry import find_decoder, list_decoders
+
+    before = len(out.problems)
+    if formats is not None and d.format not in formats:
+        out.add(
+            join(path, "format"),
+            f"unknown dataset format {d.format!r}{did_you_mean(d.format, formats)}; known: {sorted(formats)}",
+        )
+    elif formats is not None:
+        # Options and task against the format's loader (may pass the task on as an option).
+        d = check_dataset_entry(d, path, out)
+    if d.task in TASK_KINDS and d.decoder not in list_decoders(d.task):
+        out.add(
+            join(path, "decoder"),
+            f"decoder {d.decoder!r} does not serve task {d.task!r}; use one of {list_decoders(d.task)}",
+        )
+    if d.recipe not in top.recipes:
+        out.add(
+            join(path, "recipe"),
+            f"unknown recipe {d.recipe!r}{did_you_mean(d.recipe, top.recipes)}; known: {sorted(top.recipes)}",
+        )
+    check_metric(d, path, out)
+    build(RecipeSpec, d.overrides, join(path, "overrides"), out, partial=True)
+    model_override = d.overrides.get("model") if isinstance(d.overrides, Mapping) else None
+    decoder = find_decoder(d.decoder)
+    if decoder is not None and isinstance(model_override, Mapping):
+        build(decoder.options, model_override, join(join(path, "overrides"), "model"), out, partial=True)
+    sound = len(out.problems) == before
+    if not dry_run and d.synthetic is None and "://" not in d.root and not Path(d.root).exists():
+        out.add(
+            join(path, "root"),
+            f"dataset root not found: {d.root} (see `raybench data fetch {d.format} DIR`; "
+            "use --dry-run to validate without data)",
+        )
+    elif sound and formats is not None and not _has_problem(out, path):
+        check_dataset_start(d, path, out, dry_run=dry_run)
+    return d, sound
+
+
+def _unique(problems: list[Problem]) -> list[Problem]:
+    """Problems without repeats: the same merged-recipe problem would repeat for every backbone."""
+    seen: set[tuple[str, str]] = set()
+    return [p for p in problems if (p.path, p.message) not in seen and not seen.add((p.path, p.message))]
+
+
+def parse_study(
+    data: Any,
+    source: str = "<study>",
+    *,
+    base_dir: Path | None = None,
+    dry_run: bool = False,
+    lines: Mapping[str, int] | None = None,
+) -> Study:
+    """Validate plain study data (as loaded from YAML) and expand it into trials."""
+    out = Collector(lines)
+    top = build(StudyFile, data, "", out)
+    if top is None:
+        raise StudyError(out.problems, source)
+    entries = _read_entries(top, base_dir or Path.cwd(), out)
+    fractions = _check_top_level(top, entries, out)
+    _check_backbones(top, entries, out, dry_run=dry_run)
+    bad_recipes = _check_recipes(top, {b.arch for _, b in entries.backbones}, out)
 
     formats = known_formats()
-    for k, (i, d) in enumerate(datasets_at):
-        path = join("datasets", i)
-        before = len(out.problems)
-        if formats is not None and d.format not in formats:
-            out.add(
-                join(path, "format"),
-                f"unknown dataset format {d.format!r}{did_you_mean(d.format, formats)}; "
-                f"known: {sorted(formats)}",
-            )
-        elif formats is not None:
-            # Options and task against the format's loader (may pass the task on as an option).
-            d = check_dataset(d, path, out)
-            datasets_at[k] = (i, d)
-        if d.task in DECODERS and d.decoder not in DECODERS[d.task]:
-            out.add(
-                join(path, "decoder"),
-                f"decoder {d.decoder!r} does not serve task {d.task!r}; use one of {DECODERS[d.task]}",
-            )
-        if d.recipe not in top.recipes:
-            out.add(
-                join(path, "recipe"),
-                f"unknown recipe {d.recipe!r}{did_you_mean(d.recipe, top.recipes)}; "
-                f"known: {sorted(top.recipes)}",
-            )
-        check_metric(d, path, out)
-        build(RecipeSpec, d.overrides, join(path, "overrides"), out, partial=True)
-        model_override = d.overrides.get("model") if isinstance(d.overrides, Mapping) else None
-        if d.decoder in MODEL_OPTIONS and isinstance(model_override, Mapping):
-            build(
-                MODEL_OPTIONS[d.decoder],
-                model_override,
-                join(join(path, "overrides"), "model"),
-                out,
-                partial=True,
-            )
-        if len(out.problems) > before:
-            bad_recipes.add(f"dataset:{d.id}")
-        if not dry_run and d.synthetic is None and "://" not in d.root and not Path(d.root).exists():
-            out.add(
-                join(path, "root"),
-                f"dataset root not found: {d.root} (see `raybench data fetch {d.format} DIR`; "
-                "use --dry-run to validate without data)",
-            )
-        elif len(out.problems) == before and formats is not None and not _has_problem(out, path):
-            check_dataset_start(d, path, out, dry_run=dry_run)
+    skip: set[str] = set()  # datasets whose trials would repeat a reported problem
+    for k, (i, d) in enumerate(entries.datasets):
+        d, sound = _check_dataset(top, d, join("datasets", i), formats, out, dry_run=dry_run)
+        entries.datasets[k] = (i, d)
+        if not sound or d.recipe in bad_recipes:
+            skip.add(d.id)
 
-    datasets = tuple(d for _, d in datasets_at)
-
-    # Expand: rows x datasets x seeds, recipe merged per (dataset, backbone arch).
-    trials: list[TrialSpec] = []
-    recipe_cache: dict[tuple[str, str], RecipeSpec | None] = {}
-    for d_i, d in datasets_at:
-        if (
-            d.recipe in bad_recipes
-            or f"dataset:{d.id}" in bad_recipes
-            or not isinstance(top.recipes.get(d.recipe), Mapping)
-        ):
-            continue  # already reported
-        for row in rows:
-            if row.backbone not in backbone_ids:
-                continue  # already reported
-            b = backbone_ids[row.backbone]
-            key = (d.id, b.arch)
-            if key not in recipe_cache:
-                path = f"datasets[{d_i}] (recipe {d.recipe!r} for {b.arch})"
-                merged = _merged_recipe(top.recipes, d, b.arch)
-                recipe = build(RecipeSpec, merged, path, out)
-                if recipe is not None and recipe.optimizer.layer_decay not in (None, 1.0):
-                    check_layer_decay(b, join(path, "optimizer.layer_decay"), out)
-                if recipe is not None and d.decoder in MODEL_OPTIONS:
-                    build(MODEL_OPTIONS[d.decoder], recipe.model, join(path, "model"), out)
-                    if recipe.batch_size % top.scaling.workers:
-                        out.add(
-                            join(path, "batch_size"),
-                            f"global batch {recipe.batch_size} is not divisible by "
-                            f"scaling.workers={top.scaling.workers}",
-                        )
-                    recipe = replace(recipe, by_backbone={})
-                recipe_cache[key] = recipe
-            recipe = recipe_cache[key]
-            if recipe is None:
-                continue
-            for seed in top.seeds:
-                for fraction in fractions:
-                    trials.append(
-                        TrialSpec(
-                            study=top.name,
-                            dataset=d,
-                            backbone=b,
-                            regime=row.regime,
-                            seed=seed,
-                            recipe=recipe,
-                            scaling=top.scaling,
-                            train_fraction=fraction,
-                        )
-                    )
+    backbones = {b.id: b for _, b in entries.backbones}
+    rows = [r for _, r in entries.rows]
+    trials = expand_trials(top, entries.datasets, rows, backbones, fractions, skip, out)
     _check_unique(list(enumerate(t.name for t in trials)), "trials", "trial name", out)
     if out.problems:
-        # Deduplicate: the same merged-recipe problem would repeat for every backbone.
-        seen: set[tuple[str, str]] = set()
-        unique = [
-            p for p in out.problems if (p.path, p.message) not in seen and not seen.add((p.path, p.message))
-        ]
-        raise StudyError(unique, source)
+        raise StudyError(_unique(out.problems), source)
     return Study(
         name=top.name,
         source=source,
         description=top.description,
-        datasets=datasets,
-        backbones=backbones,
-        rows=rows,
+        datasets=tuple(d for _, d in entries.datasets),
+        backbones=tuple(b for _, b in entries.backbones),
+        rows=tuple(rows),
         seeds=top.seeds,
         scaling=top.scaling,
         trials=tuple(trials),
@@ -447,10 +369,10 @@ def load_study(path: str | os.PathLike[str], *, dry_run: bool = False) -> Study:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
+        mark = exc.problem_mark if isinstance(exc, yaml.MarkedYAMLError) else None
         line = mark.line + 1 if mark else None
         raise StudyError([Problem("", f"invalid YAML: {exc}", line)], str(p)) from None
     return parse_study(data, str(p), base_dir=p.parent.resolve(), dry_run=dry_run, lines=yaml_line_map(text))
 
 
-__all__ = ["Study", "StudyError", "load_study", "parse_study", "REGIMES"]
+__all__ = ["Study", "StudyError", "known_formats", "load_study", "parse_study"]

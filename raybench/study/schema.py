@@ -16,8 +16,6 @@ from collections.abc import Mapping
 from dataclasses import MISSING
 from typing import Any, Literal, Union
 
-_NO_VALUE = object()
-
 
 @dataclasses.dataclass
 class Problem:

@@ -9,30 +9,21 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from raybench.study.schema import from_plain, to_plain
 
-Task = Literal["semantic", "detection", "instance"]
+#: What a dataset's labels are for; a decoder is registered for one of these
+#: (``raybench.models.registry``), and a format's data serves one (``raybench.data``).
+TaskKind = Literal["semantic", "detection", "instance"]
+TASK_KINDS: tuple[str, ...] = get_args(TaskKind)
 Regime = Literal["frozen", "full"]
-REGIMES: tuple[str, ...] = ("frozen", "full")
-
-# Which decoders serve which task: the study may only pair them this way.
-DECODERS: dict[str, tuple[str, ...]] = {
-    "semantic": ("mask2former", "upernet", "fpn"),
-    "detection": ("faster_rcnn",),
-    "instance": ("mask_rcnn",),
-}
-# Headline metric per task (the study may override per dataset).
+# Headline metric per task kind (the study may override per dataset).
 DEFAULT_METRIC: dict[str, str] = {
     "semantic": "val/mIoU",
     "detection": "val/box_AP50",
     "instance": "val/mask_AP",
 }
-
-
-def _pos(**extra: Any) -> Any:
-    return field(metadata={"gt": 0, **extra})
 
 
 @dataclass(frozen=True)
@@ -104,79 +95,6 @@ class ClipSpec:
 
 
 @dataclass(frozen=True)
-class DetectorOptions:
-    """torchvision Faster/Mask R-CNN options (Detectron2 defaults unless said)."""
-
-    anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512)
-    aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
-    fpn_channels: int = field(default=256, metadata={"gt": 0})
-    rpn_batch_size_per_image: int = field(default=256, metadata={"gt": 0})
-    rpn_pre_nms_top_n_train: int = field(default=2000, metadata={"gt": 0})
-    rpn_post_nms_top_n_train: int = field(default=1000, metadata={"gt": 0})
-    rpn_pre_nms_top_n_test: int = field(default=1000, metadata={"gt": 0})
-    rpn_post_nms_top_n_test: int = field(default=1000, metadata={"gt": 0})
-    box_batch_size_per_image: int = field(default=512, metadata={"gt": 0})
-    box_detections_per_img: int = field(default=100, metadata={"gt": 0})
-    box_score_thresh: float = field(default=0.05, metadata={"ge": 0, "le": 1})
-
-    def __post_init__(self) -> None:
-        # What build_detector refuses: one anchor size per FPN level (P2..P6).
-        if len(self.anchor_sizes) != 5:
-            raise ValueError(f"anchor_sizes needs 5 sizes (FPN levels P2..P6), got {list(self.anchor_sizes)}")
-        if not self.aspect_ratios or min(self.aspect_ratios) <= 0:
-            raise ValueError(f"aspect_ratios must be positive numbers, got {list(self.aspect_ratios)}")
-        if min(self.anchor_sizes) <= 0:
-            raise ValueError(f"anchor_sizes must be positive, got {list(self.anchor_sizes)}")
-
-
-@dataclass(frozen=True)
-class Mask2FormerOptions:
-    """Mask2Former head sizes and loss weights (official defaults)."""
-
-    num_queries: int = field(default=100, metadata={"gt": 0})
-    hidden_dim: int = field(default=256, metadata={"gt": 0})
-    conv_dim: int = field(default=256, metadata={"gt": 0})
-    enc_layers: int = field(default=6, metadata={"ge": 0})
-    dec_layers: int = field(default=10, metadata={"gt": 0})
-    mask_dim: int = field(default=256, metadata={"gt": 0})
-    nheads: int = field(default=8, metadata={"gt": 0})
-    dim_feedforward: int = field(default=2048, metadata={"gt": 0})
-    enc_dim_feedforward: int = field(default=1024, metadata={"gt": 0})
-    n_points: int = field(default=4, metadata={"gt": 0})
-    num_points: int = field(default=12544, metadata={"gt": 0})
-    oversample_ratio: float = field(default=3.0, metadata={"ge": 1})
-    importance_sample_ratio: float = field(default=0.75, metadata={"ge": 0, "le": 1})
-    class_weight: float = field(default=2.0, metadata={"ge": 0})
-    mask_weight: float = field(default=5.0, metadata={"ge": 0})
-    dice_weight: float = field(default=5.0, metadata={"ge": 0})
-    no_object_weight: float = field(default=0.1, metadata={"ge": 0})
-    class_cost: float = field(default=2.0, metadata={"ge": 0})
-
-    def __post_init__(self) -> None:
-        # What the attention layers refuse: the width must split over the heads.
-        for name in ("conv_dim", "hidden_dim"):
-            if getattr(self, name) % self.nheads:
-                raise ValueError(f"{name} {getattr(self, name)} must be divisible by nheads {self.nheads}")
-
-
-@dataclass(frozen=True)
-class SmpOptions:
-    """segmentation-models-pytorch decoder options (UPerNet / FPN)."""
-
-    decoder_channels: int = field(default=256, metadata={"gt": 0})
-    dropout: float = field(default=0.0, metadata={"ge": 0, "lt": 1})
-
-
-MODEL_OPTIONS: dict[str, type] = {
-    "faster_rcnn": DetectorOptions,
-    "mask_rcnn": DetectorOptions,
-    "mask2former": Mask2FormerOptions,
-    "upernet": SmpOptions,
-    "fpn": SmpOptions,
-}
-
-
-@dataclass(frozen=True)
 class RecipeSpec:
     """Everything about how one trial trains; learning rates refer to ``batch_size``."""
 
@@ -201,8 +119,10 @@ class RecipeSpec:
     by_backbone: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def model_options(self, decoder: str) -> Any:
-        """The decoder's typed options (defaults filled in)."""
-        return from_plain(MODEL_OPTIONS[decoder], self.model)
+        """The decoder's typed options (defaults filled in), of the class it is registered with."""
+        from raybench.models.registry import get_decoder  # the builders register the decoders
+
+        return from_plain(get_decoder(decoder).options, self.model)
 
 
 @dataclass(frozen=True)
@@ -228,7 +148,7 @@ class DatasetSpec:
 
     id: str = field(metadata=NAME)
     format: str
-    task: Task
+    task: TaskKind
     decoder: str
     root: str
     recipe: str = field(metadata=NAME)
@@ -328,7 +248,7 @@ class TrialSpec:
     recipe: RecipeSpec
     scaling: ScalingSpec
     #: Share of the training split this trial trains on (the label-efficiency axis; a nested,
-    #: class-stratified subset, ``raybench.engine.data.fraction_subset``); 1.0 = all of it.
+    #: class-stratified subset, ``raybench.engine.subsets.fraction_subset``); 1.0 = all of it.
     train_fraction: float = field(default=1.0, metadata={"gt": 0, "le": 1})
 
     @property

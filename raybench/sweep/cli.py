@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from raybench.console import add_verbosity_arguments, verbosity
 from raybench.study import Study
 
 
-def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
+def add_sweep_arguments(p: argparse.ArgumentParser, *, inherited: bool = False) -> None:
+    """The sweep's options (``raybench run`` and ``experiments/run_grid.py``); ``inherited``:
+    ``--verbose`` / ``-q`` are also the top-level ``raybench`` flags."""
     p.add_argument(
         "--storage",
         default="runs",
@@ -52,17 +55,7 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
         "--trial-retries", type=int, default=1, help="Tune-level retries of a failed trial (default 1)"
     )
     p.add_argument("--no-report", action="store_true", help="skip the report at the end")
-    talk = p.add_mutually_exclusive_group()
-    talk.add_argument(
-        "--verbose",
-        action="store_true",
-        help="show everything on the console: the workers' output, Ray's own messages, Tune's tables "
-        "(default: the status table, one line per trial event and raybench's messages; the rest is in "
-        "the log files named at the start)",
-    )
-    talk.add_argument(
-        "-q", "--quiet", action="store_true", help="only warnings, failures and the final summary"
-    )
+    add_verbosity_arguments(p, inherited=inherited)
     p.add_argument(
         "--skip-preflight",
         action="store_true",
@@ -91,11 +84,6 @@ def load_for_run(path: str, only: str | None, skip_preflight: bool) -> Study:
         + "; the pre-flight checks them where the trials run"
     )
     return study
-
-
-def verbosity(args: argparse.Namespace) -> int:
-    """``-q`` -> 0, default -> 1, ``--verbose`` -> 2 (:mod:`raybench.sweep.console`)."""
-    return 0 if getattr(args, "quiet", False) else 2 if getattr(args, "verbose", False) else 1
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -137,5 +125,5 @@ def add_run_command(sub: argparse._SubParsersAction) -> None:
         "sweep; resumable; W&B + Parquet tracking.",
     )
     p.add_argument("study", help="study YAML file")
-    add_sweep_arguments(p)
+    add_sweep_arguments(p, inherited=True)
     p.set_defaults(func=cmd_run)

@@ -29,59 +29,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-QUIET, DEFAULT, VERBOSE = 0, 1, 2
+from raybench.console import DEFAULT, PREFIX, QUIET, VERBOSE, console_output
+
 #: Seconds between two status tables (Tune's own default heartbeat is 30 s too).
 TABLE_PERIOD_S = 30.0
-PREFIX = "[raybench] "
 
 log = logging.getLogger("raybench.sweep")
-
-
-class _Stdout(logging.StreamHandler):
-    """A handler writing to whatever ``sys.stdout`` is at the time (pytest's capture, a
-    redirect), not the stream of the moment it was created."""
-
-    def __init__(self) -> None:
-        super().__init__(sys.stdout)
-
-    @property
-    def stream(self) -> Any:  # type: ignore[override]
-        return sys.stdout
-
-    @stream.setter
-    def stream(self, value: Any) -> None:
-        pass
-
-
-class _Verbosity(logging.Filter):
-    """Quiet mode lets through warnings and records marked ``extra={"always": True}``."""
-
-    def __init__(self, verbosity: int) -> None:
-        super().__init__()
-        self.verbosity = verbosity
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return self.verbosity > QUIET or record.levelno >= logging.WARNING or getattr(record, "always", False)
-
-
-@contextlib.contextmanager
-def console_output(verbosity: int = DEFAULT) -> Iterator[None]:
-    """raybench's log records to stdout as ``[raybench] message`` for the duration (the sweep
-    is an application: its messages are its console). Removed again afterwards."""
-    logger = logging.getLogger("raybench")
-    handler = _Stdout()
-    handler.setFormatter(logging.Formatter(PREFIX + "%(message)s"))
-    handler.addFilter(_Verbosity(verbosity))
-    old_level = logger.level
-    logger.addHandler(handler)
-    if logger.getEffectiveLevel() > logging.INFO:
-        logger.setLevel(logging.INFO)
-    try:
-        yield
-    finally:
-        sys.stdout.flush()
-        logger.removeHandler(handler)
-        logger.setLevel(old_level)
 
 
 def worker_logging() -> None:

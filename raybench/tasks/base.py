@@ -65,13 +65,11 @@ def move_to(obj: Any, device: torch.device) -> Any:
 class Task:
     """One task family (a set of decoders that share data handling, losses and metrics).
 
-    Subclass it, implement the four abstract methods, and register it for one or more
-    study decoders with :func:`raybench.tasks.register_task`. A task instance belongs to
-    one trial (``self.trial``).
+    Subclass it, implement the four abstract methods, and register it for a task kind (or
+    named study decoders) with :func:`raybench.tasks.register_task`. A task instance belongs
+    to one trial (``self.trial``).
     """
 
-    #: Decoders this class serves (filled in by ``register_task``).
-    decoders: ClassVar[tuple[str, ...]] = ()
     #: Passed to DistributedDataParallel: True if some trainable parameters may get no
     #: gradient in an iteration (DDP then scans the graph, which costs time).
     ddp_find_unused_parameters: ClassVar[bool] = False

@@ -29,9 +29,10 @@ def _images(batch: Any) -> list[torch.Tensor]:
     return [im.float() / 255.0 for im in batch[0]]
 
 
-@register_task("faster_rcnn", "mask_rcnn")
+@register_task(kinds=("detection", "instance"))
 class DetectionTask(Task):
-    """torchvision R-CNN detectors over a raybench backbone + FPN."""
+    """torchvision R-CNN detectors over a raybench backbone + FPN: box detection (Faster
+    R-CNN) and instance segmentation (Mask R-CNN, masks too)."""
 
     def __init__(self, trial: TrialSpec) -> None:
         super().__init__(trial)
@@ -42,8 +43,13 @@ class DetectionTask(Task):
             )
 
     @property
+    def masks(self) -> bool:
+        """Instance segmentation: the model predicts (and trains on) masks too."""
+        return self.trial.task == "instance"
+
+    @property
     def iou_types(self) -> tuple[str, ...]:
-        return ("bbox", "segm") if self.trial.decoder == "mask_rcnn" else ("bbox",)
+        return ("bbox", "segm") if self.masks else ("bbox",)
 
     def build_model(self, meta: DatasetMeta) -> nn.Module:
         t = self.trial
@@ -59,7 +65,7 @@ class DetectionTask(Task):
         """Not for Mask R-CNN: its mask head convolves however many positive proposals an
         iteration has (a new batch size nearly every step), and a cuDNN search per new
         shape costs more than it saves (Detectron2 leaves ``CUDNN_BENCHMARK`` off too)."""
-        return self.trial.decoder != "mask_rcnn"
+        return not self.masks
 
     def transforms(self, split: str, generator: torch.Generator) -> Transform | None:
         if split == "train" and self.trial.recipe.input.flip:
@@ -69,7 +75,7 @@ class DetectionTask(Task):
         return None
 
     def train_step(self, model: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
-        wanted = MODEL_TARGET_KEYS if self.trial.decoder == "mask_rcnn" else MODEL_TARGET_KEYS[:2]
+        wanted = MODEL_TARGET_KEYS if self.masks else MODEL_TARGET_KEYS[:2]
         targets = [{k: t[k] for k in wanted} for t in batch[1]]
         return model(_images(batch), targets)
 

@@ -89,8 +89,14 @@ def collate_semantic(
     return SemanticBatch(images, sem_seg, sizes, originals)
 
 
-class SemanticEvaluator:
-    """Per-image predictions -> one confusion matrix per worker -> summed -> ``val/*`` metrics.
+class GatheredSemSegEvaluator:
+    """:class:`~raybench.evaluation.semseg.SemSegEvaluator` over a task's batches and all workers.
+
+    What it adds to ``SemSegEvaluator`` (one process, one prediction/ground-truth pair at a
+    time): it reads :class:`SemanticBatch` es (the original ground truth when the batch has it,
+    else the valid crop), counts on the predictions' device, sums every worker's confusion
+    matrix (``gather``) and keeps every worker's per-image records (bootstrap intervals).
+    Per-image predictions -> one confusion matrix per worker -> summed -> ``val/*`` metrics.
 
     ``class_names`` include the background (index 0). ``gather(obj)`` returns every worker's
     ``obj`` (the engine's ``all_gather_object``; ``lambda x: [x]`` for one process).
@@ -108,6 +114,8 @@ class SemanticEvaluator:
         self.gather = gather
         self.prefix = prefix
         self.semseg = self._new()
+        #: per-image records of the last :meth:`evaluate` (all workers); None before it
+        self.last_records: Any = None
 
     def _new(self) -> SemSegEvaluator:
         return SemSegEvaluator(
@@ -144,13 +152,13 @@ class SemanticEvaluator:
 
     def records(self) -> EvalRecords | None:
         """Per-image records of the last :meth:`evaluate` (all workers), for bootstrap intervals."""
-        last = getattr(self, "last_records", None)
-        return EvalRecords([last]) if last is not None else None
+        return EvalRecords([self.last_records]) if self.last_records is not None else None
 
 
-@register_task("mask2former", "upernet", "fpn")
+@register_task(kinds=("semantic",))
 class SemanticTask(Task):
-    """Semantic segmentation with one of :data:`raybench.models.semantic.HEADS`."""
+    """Semantic segmentation with any decoder registered for the ``semantic`` task
+    (``raybench.models.semantic``: Mask2Former, UPerNet, FPN)."""
 
     @property
     def divisibility(self) -> int:
@@ -204,8 +212,8 @@ class SemanticTask(Task):
             out.append({"sem_seg": s[0].argmax(0)})
         return out
 
-    def build_evaluator(self, meta: DatasetMeta, gather: Gather) -> SemanticEvaluator:
+    def build_evaluator(self, meta: DatasetMeta, gather: Gather) -> GatheredSemSegEvaluator:
         names = tuple(meta.class_names)
         if len(names) != meta.num_classes:
             names = tuple(str(c) for c in range(1, meta.num_classes + 1))
-        return SemanticEvaluator(("background", *names), gather, meta.ignore_index)
+        return GatheredSemSegEvaluator(("background", *names), gather, meta.ignore_index)

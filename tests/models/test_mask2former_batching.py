@@ -18,7 +18,6 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from raybench.models.mask2former import (
     HungarianMatcher,
-    Mask2FormerConfig,
     Mask2FormerHead,
     ms_deform_attn,
     semantic_to_targets,
@@ -27,6 +26,7 @@ from raybench.models.mask2former import (
 from raybench.models.mask2former.criterion import Mask2FormerCriterion
 from raybench.models.mask2former.matcher import pairwise_dice, pairwise_sigmoid_ce, sample_targets
 from raybench.models.mask2former.point_sampling import point_sample
+from raybench.study.model_options import Mask2FormerOptions
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # transformers (imported in a test) stays offline
 
@@ -123,7 +123,24 @@ def test_batched_criterion_equals_transformers_loss(sizes, counts):
         [t["labels"] for t in targets],
         [{"masks_queries_logits": m, "class_queries_logits": a} for a, m in ref_in[1:]],
     )
-    criterion = Mask2FormerCriterion(K, HungarianMatcher(num_points=points), num_points=points)
+    options = Mask2FormerOptions(num_points=points)
+    matcher = HungarianMatcher(
+        class_cost=options.class_cost,
+        mask_cost=options.mask_weight,
+        dice_cost=options.dice_weight,
+        num_points=points,
+    )
+    criterion = Mask2FormerCriterion(
+        num_classes=K,
+        matcher=matcher,
+        class_weight=options.class_weight,
+        mask_weight=options.mask_weight,
+        dice_weight=options.dice_weight,
+        no_object_weight=options.no_object_weight,
+        num_points=points,
+        oversample_ratio=options.oversample_ratio,
+        importance_sample_ratio=options.importance_sample_ratio,
+    )
     outputs = {
         "pred_logits": ours_in[0][0],
         "pred_masks": ours_in[0][1],
@@ -193,15 +210,14 @@ class _CountSyncs(TorchDispatchMode):
 def test_training_step_reads_the_device_once(monkeypatch):
     """Targets, forward, loss and backward: no scalar read, no data-dependent shape, and exactly
     one device-to-host copy in the loss (the matcher's costs) and one for the targets."""
-    config = Mask2FormerConfig(
-        num_classes=K, hidden_dim=32, conv_dim=32, mask_dim=32, num_queries=5, nheads=4,
-        enc_layers=1, dec_layers=3, enc_dim_feedforward=32, dec_dim_feedforward=32, num_points=64,
+    options = Mask2FormerOptions(
+        hidden_dim=32, conv_dim=32, mask_dim=32, num_queries=5, nheads=4,
+        enc_layers=1, dec_layers=3, enc_dim_feedforward=32, dim_feedforward=32, num_points=64,
     )  # fmt: skip
-    head = Mask2FormerHead(config).train()
+    channels = (96, 192, 384, 768)
+    head = Mask2FormerHead.from_options(options, num_classes=K, in_channels=channels).train()
     gen = torch.Generator().manual_seed(3)
-    features = [
-        torch.randn(2, c, 64 // s, 64 // s, generator=gen) for c, s in zip(config.in_channels, (4, 8, 16, 32))
-    ]
+    features = [torch.randn(2, c, 64 // s, 64 // s, generator=gen) for c, s in zip(channels, (4, 8, 16, 32))]
     sem = torch.randint(0, K, (2, 64, 64), generator=gen)
     sem[1, :8] = 255
     head.loss(head(features), semantic_to_targets_batch(sem, K))["loss"].backward()  # warm caches
@@ -250,7 +266,8 @@ def test_matcher_forward_keeps_its_per_image_api():
     gen = torch.Generator().manual_seed(5)
     targets = _targets(gen, [(16, 16), (16, 16)], [2, 3])
     ((logits, masks),) = _predictions(gen, 1, 2, 4, 4, 4)
-    out = HungarianMatcher(num_points=100)(logits, masks, targets, torch.Generator().manual_seed(0))
+    matcher = HungarianMatcher(class_cost=2.0, mask_cost=5.0, dice_cost=5.0, num_points=100)
+    out = matcher(logits, masks, targets, torch.Generator().manual_seed(0))
     assert [len(q) for q, _ in out] == [2, 3]
     assert all(q.dtype == j.dtype == torch.int64 and q.device.type == "cpu" for q, j in out)
     assert all(np.all(np.diff(q.numpy()) > 0) for q, _ in out)  # queries ascending, as scipy returns

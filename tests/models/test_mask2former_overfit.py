@@ -15,11 +15,11 @@ from torch import nn
 
 from raybench.evaluation.semseg import SemSegEvaluator
 from raybench.models.mask2former import (
-    Mask2FormerConfig,
     Mask2FormerHead,
     semantic_inference,
     semantic_to_targets,
 )
+from raybench.study.model_options import Mask2FormerOptions
 
 SIZE = 64
 NUM_CLASSES = 3
@@ -76,9 +76,7 @@ def test_tiny_head_overfits_two_images():
     images, sems = zip(*[_image(gen) for _ in range(2)])
     with torch.no_grad():
         features = _RandomExtractor()(torch.stack(images))
-    config = Mask2FormerConfig(
-        num_classes=NUM_CLASSES,
-        in_channels=(32, 32, 32, 32),
+    options = Mask2FormerOptions(
         hidden_dim=64,
         conv_dim=64,
         mask_dim=64,
@@ -87,10 +85,12 @@ def test_tiny_head_overfits_two_images():
         enc_layers=2,
         dec_layers=3,
         enc_dim_feedforward=128,
-        dec_dim_feedforward=128,
+        dim_feedforward=128,
         num_points=1024,
     )
-    head = Mask2FormerHead(config).train()
+    head = Mask2FormerHead.from_options(
+        options, num_classes=NUM_CLASSES, in_channels=(32, 32, 32, 32)
+    ).train()
     targets = [semantic_to_targets(s, NUM_CLASSES) for s in sems]
     optimizer = torch.optim.AdamW(head.parameters(), lr=1e-3, weight_decay=0.05)
     points = torch.Generator().manual_seed(0)

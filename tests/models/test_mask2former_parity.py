@@ -19,12 +19,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # transformers is in the test extra: if it is missing the parity proof must fail, not skip.
 
 from raybench.models.mask2former import (  # noqa: E402
-    Mask2FormerConfig,
     Mask2FormerHead,
     load_transformers_weights,
     semantic_to_targets,
 )
 from raybench.models.mask2former.hf_weights import _pixel_decoder_key, _predictor_key  # noqa: E402
+from raybench.study.model_options import Mask2FormerOptions  # noqa: E402
 
 K = 3
 CHANNELS = (96, 192, 384, 768)
@@ -49,8 +49,11 @@ def _hf_model(num_points: int = 2000):
     return Mask2FormerForUniversalSegmentation(config)
 
 
-def _port(**overrides) -> Mask2FormerHead:
-    return Mask2FormerHead(Mask2FormerConfig(num_classes=K, in_channels=CHANNELS, **{**SMALL, **overrides}))
+def _port(dense_mask_grad: bool = False, **overrides) -> Mask2FormerHead:
+    options = Mask2FormerOptions(**{**SMALL, **overrides})
+    port = Mask2FormerHead.from_options(options, num_classes=K, in_channels=CHANNELS)
+    port.predictor.dense_mask_grad = dense_mask_grad  # a switch of the built head, not an option
+    return port
 
 
 def _features(batch: int = 2) -> list[torch.Tensor]:

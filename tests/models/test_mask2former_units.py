@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
+
 import pytest
 import torch
 
 from raybench.models.mask2former import (
     HungarianMatcher,
-    Mask2FormerConfig,
+    Mask2FormerCriterion,
     Mask2FormerHead,
+    MaskedTransformerDecoder,
+    MSDeformAttnPixelDecoder,
     multi_scale_deformable_attention,
     semantic_inference,
     semantic_to_targets,
 )
 from raybench.models.mask2former.matcher import pairwise_dice, pairwise_sigmoid_ce
 from raybench.models.mask2former.ms_deform_attn import multi_scale_deformable_attention_grid_sample
+from raybench.study.model_options import Mask2FormerOptions
+
+RESNET_CHANNELS = (256, 512, 1024, 2048)
 
 
 def test_deformable_attention_matches_grid_sample_with_gradients():
@@ -83,7 +91,7 @@ def test_matcher_finds_the_known_assignment():
 
 
 def test_matcher_handles_an_image_without_targets():
-    matcher = HungarianMatcher(num_points=100)
+    matcher = HungarianMatcher(class_cost=2.0, mask_cost=5.0, dice_cost=5.0, num_points=100)
     target = {"labels": torch.zeros(0, dtype=torch.int64), "masks": torch.zeros(0, 16, 16, dtype=torch.bool)}
     [(queries, tgts)] = matcher(torch.randn(1, 4, 3), torch.randn(1, 4, 4, 4), [target])
     assert queries.numel() == tgts.numel() == 0
@@ -126,9 +134,7 @@ def test_semantic_inference_shapes_and_values():
 
 
 def test_head_shapes_loss_keys_and_empty_targets():
-    config = Mask2FormerConfig(
-        num_classes=2,
-        in_channels=(256, 512, 1024, 2048),  # ResNet-50 levels
+    options = Mask2FormerOptions(
         hidden_dim=64,
         conv_dim=64,
         mask_dim=64,
@@ -137,11 +143,11 @@ def test_head_shapes_loss_keys_and_empty_targets():
         enc_layers=1,
         dec_layers=3,
         enc_dim_feedforward=64,
-        dec_dim_feedforward=64,
+        dim_feedforward=64,
         num_points=64,
     )
-    head = Mask2FormerHead(config).train()
-    features = [torch.randn(2, c, 64 // s, 48 // s) for c, s in zip(config.in_channels, (4, 8, 16, 32))]
+    head = Mask2FormerHead.from_options(options, num_classes=2, in_channels=RESNET_CHANNELS).train()
+    features = [torch.randn(2, c, 64 // s, 48 // s) for c, s in zip(RESNET_CHANNELS, (4, 8, 16, 32))]
     out = head(features)
     assert out["pred_logits"].shape == (2, 6, 3)
     assert out["pred_masks"].shape == (2, 6, 16, 12)
@@ -164,6 +170,28 @@ def test_head_shapes_loss_keys_and_empty_targets():
 
 def test_config_validation():
     with pytest.raises(ValueError):
-        Mask2FormerConfig(num_classes=2, in_channels=(96, 192, 384))
+        Mask2FormerHead.from_options(Mask2FormerOptions(), num_classes=2, in_channels=(96, 192, 384))
     with pytest.raises(ValueError):
-        Mask2FormerConfig(num_classes=2, dec_layers=0)
+        Mask2FormerHead.from_options(
+            Mask2FormerOptions(dec_layers=0), num_classes=2, in_channels=RESNET_CHANNELS
+        )
+
+
+def test_the_options_are_the_one_declaration_of_the_heads_defaults():
+    """The head and its configurable parts take keyword-only arguments without defaults (the
+    official Mask2Former's pattern); the head's arguments are exactly the fields of
+    ``Mask2FormerOptions`` plus what the data and the backbone give, so no copier renames one."""
+    for cls in (
+        Mask2FormerHead,
+        Mask2FormerCriterion,
+        HungarianMatcher,
+        MSDeformAttnPixelDecoder,
+        MaskedTransformerDecoder,
+    ):
+        params = list(inspect.signature(cls.__init__).parameters.values())[1:]  # without self
+        assert params, cls.__name__
+        assert [p.name for p in params if p.kind is not p.KEYWORD_ONLY] == [], cls.__name__
+        assert [p.name for p in params if p.default is not p.empty] == [], cls.__name__
+    head_args = set(inspect.signature(Mask2FormerHead.__init__).parameters) - {"self"}
+    fields = {f.name for f in dataclasses.fields(Mask2FormerOptions)}
+    assert head_args == fields | {"num_classes", "in_channels"}

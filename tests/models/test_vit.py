@@ -295,7 +295,7 @@ def test_mask2former_overfits_two_images_with_a_vit():
     98.4 (95.0 after 20 steps)."""
     from raybench.evaluation.semseg import SemSegEvaluator
     from raybench.models.semantic import build_segmenter
-    from raybench.study.spec import Mask2FormerOptions
+    from raybench.study.model_options import Mask2FormerOptions
     from tests.models.test_mask2former_overfit import NUM_CLASSES, _image
 
     torch.manual_seed(0)

@@ -471,13 +471,13 @@ def test_cli_prints_the_studys_driver_cpus(capsys):
     assert cli_main(["grid", str(SMOKE), "--dry-run"]) == 0
     assert "each needs 0 driver CPUs + 1 x (1 CPU)" in capsys.readouterr().out
     assert cli_main(["grid", str(PAPER), "--dry-run"]) == 0
-    assert "each needs 1 driver CPU + 1 x (1 GPU, 8 CPU)" in capsys.readouterr().out
+    assert "each needs 0.25 driver CPUs + 1 x (1 GPU, 8 CPU)" in capsys.readouterr().out
 
 
 def test_paper_values_written_out_are_the_defaults_they_replace():
     """paper.yaml spells out the Mask2Former head and the RarePlanes classes; both must equal
     the defaults the trials had while they were implicit (the trials run the same)."""
-    from raybench.study.spec import Mask2FormerOptions
+    from raybench.study.model_options import Mask2FormerOptions
 
     study = load_study(PAPER, dry_run=True)
     for t in study.trials:
@@ -512,3 +512,68 @@ def test_unknown_timm_architecture_is_reported_with_its_index():
         "backbones[2]: duplicate backbone arch+pretraining (trial names would collide): "
         "'convnext_t-supervised'" in msgs
     ), msgs
+
+
+@pytest.fixture
+def tiny_decoder(monkeypatch):
+    """A semantic decoder registered in one place (a decorated builder) for one test only."""
+    import torch
+
+    from raybench.models import registry
+    from raybench.models.semantic import SmpSemanticHead
+    from raybench.study.model_options import SmpOptions
+
+    class StrideFourConv(torch.nn.Module):
+        """The smallest smp-style decoder: a 1x1 conv on the stride-4 level."""
+
+        def __init__(self, in_channels: int, out_channels: int) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(in_channels, out_channels, 1)
+
+        def forward(self, features):  # [None, None, stride 4, 8, 16, 32], as smp's decoders get
+            return self.conv(features[2])
+
+    registry.list_decoders()  # the built-in decoders first
+    monkeypatch.setattr(registry, "_DECODERS", dict(registry._DECODERS))  # restored after the test
+
+    @registry.register_decoder("tiny_conv", task="semantic", options=SmpOptions)
+    def tiny_conv(channels, num_classes, options, ignore_index):
+        decoder = StrideFourConv(channels[0], options.decoder_channels)
+        return SmpSemanticHead(decoder, options.decoder_channels, num_classes, options.dropout, ignore_index)
+
+    return "tiny_conv"
+
+
+def test_a_decoder_registered_once_serves_the_study_the_task_and_the_builder(tiny_decoder):
+    """The decoder registry is the only table: the study accepts the new decoder for its task
+    and reads its options class, the semantic task serves it, the builder builds it."""
+    import torch
+
+    from raybench.models.semantic import SemanticSegmenter
+    from raybench.study.model_options import SmpOptions
+    from raybench.tasks import DatasetMeta, build_task, list_tasks, task_class
+    from raybench.tasks.semantic import SemanticTask
+
+    _with_data_registry()
+    data = minimal()
+    data["datasets"][0].update(format="severstal", task="semantic", decoder=tiny_decoder, id="sev")
+    data["recipes"]["r"]["model"] = {"decoder_channels": 8}
+    study = parse_study(data, dry_run=True)
+    assert [t.decoder for t in study.trials] == [tiny_decoder] * 2
+    assert study.trials[0].recipe.model_options(tiny_decoder) == SmpOptions(decoder_channels=8)
+    # The decoder's options class comes from its registration too.
+    data["recipes"]["r"]["model"] = {"num_queries": 8}
+    assert any(m.endswith("model.num_queries: unknown key") for m in problems(data))
+    # The lists of decoders in the messages are the registry's.
+    data["datasets"][0]["decoder"] = "faster_rcnn"
+    assert (
+        "datasets[0].decoder: decoder 'faster_rcnn' does not serve task 'semantic'; "
+        f"use one of ('mask2former', 'upernet', 'fpn', '{tiny_decoder}')" in problems(data)
+    )
+
+    assert task_class(tiny_decoder) is SemanticTask and tiny_decoder in list_tasks()
+    model = build_task(study.trials[0]).build_model(DatasetMeta("semantic", 3, ("a", "b", "c")))
+    assert isinstance(model, SemanticSegmenter) and model.head.classifier.in_channels == 8
+    with torch.no_grad():
+        scores = model.eval()(torch.zeros(1, 3, 64, 64, dtype=torch.uint8))
+    assert scores.shape == (1, 4, 64, 64)  # 3 classes + background, at the input size

@@ -24,12 +24,13 @@ from raybench.engine import latest_checkpoint, load_checkpoint, read_metrics, tr
 from raybench.engine.checkpoint import seed_everything
 from raybench.recipes import build_optimizer
 from raybench.study import load_study
-from raybench.study.spec import BackboneSpec, InputSpec, Mask2FormerOptions, ScheduleSpec, TrialSpec
+from raybench.study.model_options import Mask2FormerOptions
+from raybench.study.spec import BackboneSpec, InputSpec, ScheduleSpec, TrialSpec
 from raybench.tasks import DatasetMeta, build_task, task_class
 from raybench.tasks.semantic import (
     ORIGINAL_KEY,
+    GatheredSemSegEvaluator,
     SemanticBatch,
-    SemanticEvaluator,
     SemanticTask,
     collate_semantic,
 )
@@ -134,24 +135,62 @@ def test_mask2former_options_reach_the_port(smoke_file):
     trial = _derive(trial, "mask2former", model=dataclasses.asdict(options))
     trial = trial.replace(backbone=REGNET)
     model = build_task(trial).build_model(_meta())
-    cfg = model.head.mask2former.config
-    assert cfg.num_classes == 5  # 4 defects + background
-    assert cfg.in_channels == tuple(model.backbone.channels)
-    assert cfg.dec_dim_feedforward == 128 and cfg.enc_dim_feedforward == 128
-    assert (cfg.num_queries, cfg.hidden_dim, cfg.enc_layers, cfg.dec_layers) == (16, 64, 2, 3)
-    assert (cfg.class_cost, cfg.no_object_weight, cfg.n_points, cfg.num_points) == (1.5, 0.2, 2, 1024)
+    head = model.head.mask2former
+    pixel, predictor, criterion = head.pixel_decoder, head.predictor, head.criterion
+    assert head.num_classes == criterion.num_classes == 5  # 4 defects + background
+    assert predictor.class_embed.out_features == 6  # + "no object"
+    assert pixel.in_channels == tuple(model.backbone.channels)
+    assert predictor.layers[0].linear1.out_features == 128 and pixel.layers[0].linear1.out_features == 128
+    dec_layers = len(predictor.layers) + 1  # + the prediction from the learnt queries
+    assert (predictor.num_queries, predictor.hidden_dim, len(pixel.layers), dec_layers) == (16, 64, 2, 3)
+    no_object_weight = float(criterion.empty_weight[-1])
+    n_points = pixel.layers[0].self_attn.num_points
+    assert criterion.matcher.class_cost == 1.5 and no_object_weight == pytest.approx(0.2)
+    assert (n_points, criterion.num_points, criterion.matcher.num_points) == (2, 1024, 1024)
+
+
+#: A head default to change, and where the built head shows it: (model, criterion) sides.
+CHANGED_DEFAULTS = {
+    "num_queries": (7, lambda h: (h.predictor.num_queries, h.predictor.query_feat.num_embeddings)),
+    "dice_weight": (3.0, lambda h: (h.criterion.weights["loss_dice"], h.criterion.matcher.dice_cost)),
+    "num_points": (99, lambda h: (h.criterion.num_points, h.criterion.matcher.num_points)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CHANGED_DEFAULTS))
+def test_a_head_default_changed_in_one_place_reaches_the_model_and_criterion(smoke_file, monkeypatch, name):
+    """``Mask2FormerOptions`` declares the head's defaults once: the same options class with one
+    default changed (and nothing else touched) changes what a study trial builds."""
+    from raybench.models import registry
+
+    value, probe = CHANGED_DEFAULTS[name]
+    assert getattr(Mask2FormerOptions(), name) != value
+    changed = dataclasses.make_dataclass(
+        "ChangedOptions",
+        [(name, type(value), dataclasses.field(default=value))],
+        bases=(Mask2FormerOptions,),
+        frozen=True,
+    )
+    entry = registry.get_decoder("mask2former")
+    monkeypatch.setitem(registry._DECODERS, "mask2former", dataclasses.replace(entry, options=changed))
+
+    trial = load_study(smoke_file).trial("severstal-convnext_t-dinov3-full-s42")
+    tiny = {k: v for k, v in TINY_M2F.items() if k != name}  # the changed field left to its default
+    trial = _derive(trial, "mask2former", model=tiny).replace(backbone=REGNET)
+    model = build_task(trial).build_model(_meta())
+    head = model.head.mask2former
+    assert probe(head) == (value, value)
+    out = head(model.backbone(torch.zeros(1, 3, 64, 64)))
+    assert out["pred_logits"].shape[1] == head.predictor.num_queries
 
 
 def test_paper_recipe_gives_the_ports_default_config(repo_root):
-    """paper.yaml's Mask2Former recipe (``model: {}``) is the port's default = the paper's head."""
-    from raybench.models.mask2former import Mask2FormerConfig
-    from raybench.models.semantic import mask2former_config
-
+    """paper.yaml's Mask2Former recipe (``model: {}``) is the port's default = the paper's head
+    (the defaults are declared once, in ``Mask2FormerOptions``)."""
     study = load_study(repo_root / "experiments" / "paper.yaml", dry_run=True)
     for trial in study.trials:
         if trial.task == "semantic":
-            cfg = mask2former_config(trial.recipe.model_options(trial.decoder), (96, 192, 384, 768), 5)
-            assert cfg == Mask2FormerConfig(num_classes=5), trial.name
+            assert trial.recipe.model_options(trial.decoder) == Mask2FormerOptions(), trial.name
 
 
 @pytest.mark.parametrize("decoder", DECODERS)
@@ -188,7 +227,7 @@ def test_every_trainable_parameter_gets_a_gradient(smoke_file, decoder):
 def test_upernet_refuses_a_single_image_micro_batch():
     from raybench.backbones import build_backbone
     from raybench.models.semantic import build_segmenter
-    from raybench.study.spec import SmpOptions
+    from raybench.study.model_options import SmpOptions
 
     model = build_segmenter("upernet", build_backbone(REGNET), 5, SmpOptions(decoder_channels=32))
     with pytest.raises(ValueError, match="at least 2 images"):
@@ -224,8 +263,8 @@ def test_evaluator_sums_workers_and_prefixes_val():
     gt = torch.tensor([[0, 0, 1, 1], [2, 2, 255, 0]])
     pred = torch.tensor([[0, 1, 1, 1], [2, 0, 0, 0]])
     batch = SemanticBatch(torch.zeros(1, 3, 2, 4, dtype=torch.uint8), gt[None], ((2, 4),), None)
-    one = SemanticEvaluator(names, lambda x: [x])
-    two = SemanticEvaluator(names, lambda x: [x, x.clone()])  # two workers that saw the same
+    one = GatheredSemSegEvaluator(names, lambda x: [x])
+    two = GatheredSemSegEvaluator(names, lambda x: [x, x.clone()])  # two workers that saw the same
     for ev in (one, two):
         ev.process(batch, [{"sem_seg": pred}])
     m1, m2 = one.evaluate(), two.evaluate()

@@ -34,17 +34,8 @@ from .matcher import HungarianMatcher, Matching, pad_targets, sample_targets
 from .point_sampling import point_sample, uncertain_point_coords
 
 
-def dice_loss(logits: Tensor, targets: Tensor, num_masks: float | Tensor) -> Tensor:
-    """Sum over masks of ``1 - (2|p t| + 1) / (|p| + |t| + 1)``, divided by ``num_masks``."""
-    return _dice_rows(logits, targets).sum() / num_masks
-
-
-def sigmoid_ce_loss(logits: Tensor, targets: Tensor, num_masks: float | Tensor) -> Tensor:
-    """Per-mask mean binary cross-entropy over its points, summed and divided by ``num_masks``."""
-    return _sigmoid_ce_rows(logits, targets).sum() / num_masks
-
-
 def _dice_rows(logits: Tensor, targets: Tensor) -> Tensor:
+    """Per mask ``1 - (2|p t| + 1) / (|p| + |t| + 1)`` (summed and divided by the number of masks)."""
     probs = logits.sigmoid()
     numerator = 2 * (probs * targets).sum(-1)
     denominator = probs.sum(-1) + targets.sum(-1)
@@ -52,6 +43,7 @@ def _dice_rows(logits: Tensor, targets: Tensor) -> Tensor:
 
 
 def _sigmoid_ce_rows(logits: Tensor, targets: Tensor) -> Tensor:
+    """Per mask the mean binary cross-entropy over its points (summed and divided likewise)."""
     return F.binary_cross_entropy_with_logits(logits, targets, reduction="none").mean(1)
 
 
@@ -70,19 +62,24 @@ def _num_masks(counts: Sequence[int], device: torch.device) -> float | Tensor:
 
 
 class Mask2FormerCriterion(nn.Module):
-    """Losses of one Mask2Former output dict (see the module docstring)."""
+    """Losses of one Mask2Former output dict (see the module docstring).
+
+    Keyword-only, without defaults: the head passes the values of ``Mask2FormerOptions``, the
+    one place they are declared.
+    """
 
     def __init__(
         self,
+        *,
         num_classes: int,
         matcher: HungarianMatcher,
-        class_weight: float = 2.0,
-        mask_weight: float = 5.0,
-        dice_weight: float = 5.0,
-        no_object_weight: float = 0.1,
-        num_points: int = 12544,
-        oversample_ratio: float = 3.0,
-        importance_sample_ratio: float = 0.75,
+        class_weight: float,
+        mask_weight: float,
+        dice_weight: float,
+        no_object_weight: float,
+        num_points: int,
+        oversample_ratio: float,
+        importance_sample_ratio: float,
     ):
         super().__init__()
         self.num_classes = num_classes

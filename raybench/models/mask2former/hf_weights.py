@@ -17,6 +17,14 @@ _PIXEL = "model.pixel_level_module.decoder."
 _TRANSFORMER = "model.transformer_module."
 
 
+def _renamed(key: str, rules: list[tuple[str, str]]) -> str | None:
+    """``key`` renamed by the first ``(pattern, replacement)`` rule it matches fully (None if none)."""
+    for pattern, repl in rules:
+        if re.fullmatch(pattern, key):
+            return re.sub(pattern, repl, key)
+    return None
+
+
 def _pixel_decoder_key(key: str) -> str | None:
     rules: list[tuple[str, str]] = [
         (r"input_proj\.(\d)\.(\d)\.(weight|bias)", r"input_projections.\1.\2.\3"),
@@ -30,10 +38,8 @@ def _pixel_decoder_key(key: str) -> str | None:
         (r"output_convs\.0\.(\d)\.(weight|bias)", r"layer_1.\1.\2"),
         (r"mask_features\.(weight|bias)", r"mask_projection.\1"),
     ]
-    for pattern, repl in rules:
-        if re.fullmatch(pattern, key):
-            return _PIXEL + re.sub(pattern, repl, key)
-    return None
+    renamed = _renamed(key, rules)
+    return _PIXEL + renamed if renamed else None
 
 
 def _predictor_key(key: str) -> tuple[str, Callable[[Tensor], Tensor]] | None:
@@ -57,9 +63,9 @@ def _predictor_key(key: str) -> tuple[str, Callable[[Tensor], Tensor]] | None:
         (r"decoder_norm\.(weight|bias)", r"decoder.layernorm.\1"),
         (r"mask_embed\.layers\.(\d)\.(weight|bias)", r"decoder.mask_predictor.mask_embedder.\1.0.\2"),
     ]
-    for pattern, repl in simple:
-        if re.fullmatch(pattern, key):
-            return _TRANSFORMER + re.sub(pattern, repl, key), keep
+    renamed = _renamed(key, simple)
+    if renamed:
+        return _TRANSFORMER + renamed, keep
     m = re.fullmatch(r"layers\.(\d+)\.cross_attn\.(q|k|v)_proj\.(weight|bias)", key)
     if m:
         # nn.MultiheadAttention packs q, k, v projections into in_proj_{weight,bias}.

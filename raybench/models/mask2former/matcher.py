@@ -99,11 +99,14 @@ def sample_targets(masks: Sequence[Tensor], coords: Tensor, padded: Tensor | Non
 
 
 class HungarianMatcher(nn.Module):
-    """One-to-one assignment of queries to targets minimising the weighted cost (scipy)."""
+    """One-to-one assignment of queries to targets minimising the weighted cost (scipy).
 
-    def __init__(
-        self, class_cost: float = 2.0, mask_cost: float = 5.0, dice_cost: float = 5.0, num_points: int = 12544
-    ):
+    Keyword-only, without defaults: the head passes ``Mask2FormerOptions``' ``class_cost``,
+    ``mask_weight``, ``dice_weight`` and ``num_points`` (the official matcher's costs are the
+    loss weights).
+    """
+
+    def __init__(self, *, class_cost: float, mask_cost: float, dice_cost: float, num_points: int):
         super().__init__()
         if class_cost == 0 and mask_cost == 0 and dice_cost == 0:
             raise ValueError("all matching costs are 0")

@@ -2,13 +2,15 @@
 
 ``Mask2FormerHead`` = pixel decoder + masked-attention transformer decoder + criterion. The backbone
 is not part of it: ``forward`` takes the backbone's feature maps, so any raybench backbone (ConvNeXt-T,
-ResNet-50) plugs in unchanged.
+ResNet-50) plugs in unchanged. Its options are declared once, with their defaults, in
+``raybench.study.model_options.Mask2FormerOptions`` (see :meth:`Mask2FormerHead.from_options`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -20,106 +22,109 @@ from .matcher import HungarianMatcher
 from .pixel_decoder import MSDeformAttnPixelDecoder
 from .transformer_decoder import MaskedTransformerDecoder
 
-
-@dataclass
-class Mask2FormerConfig:
-    """Hyper-parameters of :class:`Mask2FormerHead`; defaults are the paper's semantic-seg recipe.
-
-    ``dec_layers`` counts predictions the way Mask2Former's config does (``DEC_LAYERS: 10``): one
-    from the learnt queries plus one after each of ``dec_layers - 1`` masked-attention layers.
-    ``class_cost`` is the matcher's class weight (official 2.0; set 1.0 to mimic transformers
-    releases that hard-code it). ``dense_mask_grad`` keeps autograd on every query's full mask
-    (the reference's behaviour); the default rebuilds only the matched masks with autograd in the loss.
-    """
-
-    num_classes: int
-    in_channels: Sequence[int] = field(default_factory=lambda: (96, 192, 384, 768))
-    hidden_dim: int = 256  # transformer decoder width
-    conv_dim: int = 256  # pixel decoder width
-    mask_dim: int = 256
-    num_queries: int = 100
-    nheads: int = 8
-    enc_layers: int = 6
-    dec_layers: int = 10
-    enc_dim_feedforward: int = 1024
-    dec_dim_feedforward: int = 2048
-    n_points: int = 4
-    dropout: float = 0.0
-    num_points: int = 12544
-    oversample_ratio: float = 3.0
-    importance_sample_ratio: float = 0.75
-    class_weight: float = 2.0
-    mask_weight: float = 5.0
-    dice_weight: float = 5.0
-    no_object_weight: float = 0.1
-    class_cost: float = 2.0
-    deep_supervision: bool = True
-    dense_mask_grad: bool = False
-
-    def __post_init__(self) -> None:
-        self.in_channels = tuple(int(c) for c in self.in_channels)
-        if len(self.in_channels) != 4:
-            raise ValueError(f"in_channels must list 4 levels (strides 4..32), got {self.in_channels}")
-        if self.dec_layers < 1:
-            raise ValueError("dec_layers counts predictions and must be >= 1")
+if TYPE_CHECKING:
+    from raybench.study.model_options import Mask2FormerOptions
 
 
 class Mask2FormerHead(nn.Module):
-    """Mask2Former on backbone features: ``forward`` -> predictions, ``loss`` -> weighted terms."""
+    """Mask2Former on backbone features: ``forward`` -> predictions, ``loss`` -> weighted terms.
 
-    def __init__(self, config: Mask2FormerConfig):
+    Keyword-only arguments without defaults, as the official implementation's configurable
+    modules: the values come from :class:`~raybench.study.model_options.Mask2FormerOptions`
+    (:meth:`from_options`), the one place the defaults are declared, whose fields are named
+    as these arguments. ``num_classes`` (K; the class head adds "no object") and
+    ``in_channels`` (the backbone's 4 levels, strides 4..32) come from the data and the
+    backbone. See ``Mask2FormerOptions`` for what each option means.
+    """
+
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        in_channels: Sequence[int],
+        num_queries: int,
+        hidden_dim: int,
+        conv_dim: int,
+        enc_layers: int,
+        dec_layers: int,
+        mask_dim: int,
+        nheads: int,
+        dim_feedforward: int,
+        enc_dim_feedforward: int,
+        n_points: int,
+        num_points: int,
+        oversample_ratio: float,
+        importance_sample_ratio: float,
+        class_weight: float,
+        mask_weight: float,
+        dice_weight: float,
+        no_object_weight: float,
+        class_cost: float,
+    ):
         super().__init__()
-        self.config = config
+        in_channels = tuple(int(c) for c in in_channels)
+        if len(in_channels) != 4:
+            raise ValueError(f"in_channels must list 4 levels (strides 4..32), got {in_channels}")
+        if dec_layers < 1:
+            raise ValueError("dec_layers counts predictions and must be >= 1")
+        self.num_classes = num_classes
         self.pixel_decoder = MSDeformAttnPixelDecoder(
-            config.in_channels,
-            conv_dim=config.conv_dim,
-            mask_dim=config.mask_dim,
-            num_layers=config.enc_layers,
-            dim_feedforward=config.enc_dim_feedforward,
-            num_heads=config.nheads,
-            num_points=config.n_points,
-            dropout=config.dropout,
+            in_channels=in_channels,
+            conv_dim=conv_dim,
+            mask_dim=mask_dim,
+            num_layers=enc_layers,
+            dim_feedforward=enc_dim_feedforward,
+            num_heads=nheads,
+            num_points=n_points,
         )
+        # dec_layers counts the prediction from the learnt queries too (official DEC_LAYERS).
         self.predictor = MaskedTransformerDecoder(
-            config.num_classes,
-            in_channels=config.conv_dim,
-            hidden_dim=config.hidden_dim,
-            num_queries=config.num_queries,
-            num_heads=config.nheads,
-            dim_feedforward=config.dec_dim_feedforward,
-            num_layers=config.dec_layers - 1,
-            mask_dim=config.mask_dim,
-            dropout=config.dropout,
-            dense_mask_grad=config.dense_mask_grad,
+            num_classes=num_classes,
+            in_channels=conv_dim,
+            hidden_dim=hidden_dim,
+            num_queries=num_queries,
+            num_heads=nheads,
+            dim_feedforward=dim_feedforward,
+            num_layers=dec_layers - 1,
+            mask_dim=mask_dim,
         )
+        # The official matcher's mask and dice costs are the loss weights.
         matcher = HungarianMatcher(
-            config.class_cost, config.mask_weight, config.dice_weight, config.num_points
+            class_cost=class_cost, mask_cost=mask_weight, dice_cost=dice_weight, num_points=num_points
         )
         self.criterion = Mask2FormerCriterion(
-            config.num_classes,
-            matcher,
-            class_weight=config.class_weight,
-            mask_weight=config.mask_weight,
-            dice_weight=config.dice_weight,
-            no_object_weight=config.no_object_weight,
-            num_points=config.num_points,
-            oversample_ratio=config.oversample_ratio,
-            importance_sample_ratio=config.importance_sample_ratio,
+            num_classes=num_classes,
+            matcher=matcher,
+            class_weight=class_weight,
+            mask_weight=mask_weight,
+            dice_weight=dice_weight,
+            no_object_weight=no_object_weight,
+            num_points=num_points,
+            oversample_ratio=oversample_ratio,
+            importance_sample_ratio=importance_sample_ratio,
         )
+
+    @classmethod
+    def from_options(
+        cls, options: Mask2FormerOptions, *, num_classes: int, in_channels: Sequence[int]
+    ) -> Mask2FormerHead:
+        """The head of ``options`` (every field passed on by its name) for ``num_classes``
+        classes on a backbone with ``in_channels``."""
+        values = {f.name: getattr(options, f.name) for f in dataclasses.fields(options)}
+        return cls(num_classes=num_classes, in_channels=in_channels, **values)
 
     def forward(self, features: Sequence[Tensor]) -> dict:
         """Predict from 4 backbone maps (strides 4, 8, 16, 32).
 
         Returns a dict with ``pred_logits`` ``[B, Q, K+1]``, ``pred_masks`` ``[B, Q, H/4, W/4]`` (mask
         logits), ``aux_outputs`` (one dict per earlier prediction, learnt queries first), plus
-        ``mask_features`` and ``mask_embed`` used by :meth:`loss`. Unless ``dense_mask_grad``, the
-        ``pred_masks`` tensors carry no autograd graph: train through :meth:`loss`.
+        ``mask_features`` and ``mask_embed`` used by :meth:`loss`. Unless the predictor's
+        ``dense_mask_grad`` switch is on, the ``pred_masks`` tensors carry no autograd graph:
+        train through :meth:`loss`.
         """
         mask_features, multi_scale = self.pixel_decoder(features)
         out = self.predictor(multi_scale, mask_features)
         out["mask_features"] = mask_features
-        if not self.config.deep_supervision:
-            out["aux_outputs"] = []
         return out
 
     def loss(

@@ -22,7 +22,7 @@ from .position_encoding import sine_position_embedding
 class MSDeformAttn(nn.Module):
     """Deformable attention over ``num_levels`` feature maps (Deformable DETR, Zhu et al. 2021)."""
 
-    def __init__(self, embed_dim: int = 256, num_heads: int = 8, num_levels: int = 3, num_points: int = 4):
+    def __init__(self, embed_dim: int, num_heads: int, num_levels: int, num_points: int):
         super().__init__()
         if embed_dim % num_heads != 0:
             raise ValueError(f"embed_dim {embed_dim} must be divisible by num_heads {num_heads}")
@@ -80,22 +80,13 @@ class MSDeformAttn(nn.Module):
 class DeformableEncoderLayer(nn.Module):
     """Post-norm encoder layer: deformable self-attention then a ReLU feed-forward block."""
 
-    def __init__(
-        self,
-        dim: int = 256,
-        dim_feedforward: int = 1024,
-        dropout: float = 0.0,
-        num_heads: int = 8,
-        num_levels: int = 3,
-        num_points: int = 4,
-    ):
+    def __init__(self, dim: int, dim_feedforward: int, num_heads: int, num_levels: int, num_points: int):
         super().__init__()
         self.self_attn = MSDeformAttn(dim, num_heads, num_levels, num_points)
         self.norm1 = nn.LayerNorm(dim)
         self.linear1 = nn.Linear(dim, dim_feedforward)
         self.linear2 = nn.Linear(dim_feedforward, dim)
         self.norm2 = nn.LayerNorm(dim)
-        self.dropout = dropout
 
     def forward(
         self,
@@ -106,10 +97,8 @@ class DeformableEncoderLayer(nn.Module):
         offset_normalizer: Tensor,
     ) -> Tensor:
         attn = self.self_attn(src + pos, reference_points, src, spatial_shapes, offset_normalizer)
-        src = self.norm1(src + F.dropout(attn, self.dropout, self.training))
-        hidden = F.dropout(F.relu(self.linear1(src)), self.dropout, self.training)
-        src = self.norm2(src + F.dropout(self.linear2(hidden), self.dropout, self.training))
-        return src
+        src = self.norm1(src + attn)
+        return self.norm2(src + self.linear2(F.relu(self.linear1(src))))
 
 
 def _c2_xavier_fill(module: nn.Conv2d) -> None:
@@ -122,30 +111,34 @@ def _c2_xavier_fill(module: nn.Conv2d) -> None:
 class MSDeformAttnPixelDecoder(nn.Module):
     """Pixel decoder: deformable encoder on strides 8/16/32 plus FPN fusion with stride 4.
 
+    Keyword-only, without defaults: :class:`Mask2FormerHead` passes every value, from
+    ``Mask2FormerOptions`` (``raybench.study.model_options``, where the defaults are declared).
+
     Args:
         in_channels: channels of the backbone features at strides 4, 8, 16, 32 (in that order).
         conv_dim: channels of the transformer encoder and of the returned multi-scale features.
         mask_dim: channels of ``mask_features``.
-        num_layers, dim_feedforward, num_heads, num_points, dropout: deformable encoder settings.
+        num_layers, dim_feedforward, num_heads, num_points: deformable encoder settings.
     """
 
     num_levels = 3  # the encoder runs on the three coarsest features (strides 8, 16, 32)
 
     def __init__(
         self,
+        *,
         in_channels: Sequence[int],
-        conv_dim: int = 256,
-        mask_dim: int = 256,
-        num_layers: int = 6,
-        dim_feedforward: int = 1024,
-        num_heads: int = 8,
-        num_points: int = 4,
-        dropout: float = 0.0,
+        conv_dim: int,
+        mask_dim: int,
+        num_layers: int,
+        dim_feedforward: int,
+        num_heads: int,
+        num_points: int,
     ):
         super().__init__()
         in_channels = list(in_channels)
         if len(in_channels) != 4:
             raise ValueError(f"expected 4 feature levels (strides 4, 8, 16, 32), got {len(in_channels)}")
+        self.in_channels = tuple(in_channels)
         self.conv_dim = conv_dim
         # input_proj[0] projects the coarsest feature (stride 32), as in the official implementation.
         self.input_proj = nn.ModuleList(
@@ -154,7 +147,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
         )
         self.level_embed = nn.Parameter(torch.empty(self.num_levels, conv_dim))
         self.layers = nn.ModuleList(
-            DeformableEncoderLayer(conv_dim, dim_feedforward, dropout, num_heads, self.num_levels, num_points)
+            DeformableEncoderLayer(conv_dim, dim_feedforward, num_heads, self.num_levels, num_points)
             for _ in range(num_layers)
         )
         # FPN step for the stride-4 feature (one extra level: log2(8) - log2(4)).

@@ -22,12 +22,11 @@ from .position_encoding import sine_position_embedding
 class MultiHeadAttention(nn.Module):
     """Multi-head attention with separate q/k/v projections on top of ``scaled_dot_product_attention``."""
 
-    def __init__(self, dim: int, num_heads: int, dropout: float = 0.0):
+    def __init__(self, dim: int, num_heads: int):
         super().__init__()
         if dim % num_heads != 0:
             raise ValueError(f"dim {dim} must be divisible by num_heads {num_heads}")
         self.num_heads = num_heads
-        self.dropout = dropout
         self.q_proj = nn.Linear(dim, dim)
         self.k_proj = nn.Linear(dim, dim)
         self.v_proj = nn.Linear(dim, dim)
@@ -40,41 +39,37 @@ class MultiHeadAttention(nn.Module):
         q = self.q_proj(query).view(batch, nq, heads, -1).transpose(1, 2)
         k = self.k_proj(key).view(batch, key.shape[1], heads, -1).transpose(1, 2)
         v = self.v_proj(value).view(batch, value.shape[1], heads, -1).transpose(1, 2)
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
-        )
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         return self.out_proj(out.transpose(1, 2).reshape(batch, nq, dim))
 
 
 class MaskedDecoderLayer(nn.Module):
     """Masked cross-attention -> self-attention -> FFN, each with residual and post-LayerNorm."""
 
-    def __init__(self, dim: int = 256, num_heads: int = 8, dim_feedforward: int = 2048, dropout: float = 0.0):
+    def __init__(self, dim: int, num_heads: int, dim_feedforward: int):
         super().__init__()
-        self.cross_attn = MultiHeadAttention(dim, num_heads, dropout)
+        self.cross_attn = MultiHeadAttention(dim, num_heads)
         self.cross_norm = nn.LayerNorm(dim)
-        self.self_attn = MultiHeadAttention(dim, num_heads, dropout)
+        self.self_attn = MultiHeadAttention(dim, num_heads)
         self.self_norm = nn.LayerNorm(dim)
         self.linear1 = nn.Linear(dim, dim_feedforward)
         self.linear2 = nn.Linear(dim_feedforward, dim)
         self.ffn_norm = nn.LayerNorm(dim)
-        self.dropout = dropout
 
     def forward(
         self, x: Tensor, query_pos: Tensor, memory: Tensor, memory_pos: Tensor, attn_mask: Tensor | None
     ) -> Tensor:
         attn = self.cross_attn(x + query_pos, memory + memory_pos, memory, attn_mask)
-        x = self.cross_norm(x + F.dropout(attn, self.dropout, self.training))
+        x = self.cross_norm(x + attn)
         q = x + query_pos
-        x = self.self_norm(x + F.dropout(self.self_attn(q, q, x), self.dropout, self.training))
-        hidden = F.dropout(F.relu(self.linear1(x)), self.dropout, self.training)
-        return self.ffn_norm(x + F.dropout(self.linear2(hidden), self.dropout, self.training))
+        x = self.self_norm(x + self.self_attn(q, q, x))
+        return self.ffn_norm(x + self.linear2(F.relu(self.linear1(x))))
 
 
 class MLP(nn.Module):
     """Plain MLP with ReLU between layers (the mask-embedding head)."""
 
-    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int = 3):
+    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int):
         super().__init__()
         dims = [input_dim] + [hidden_dim] * (num_layers - 1) + [output_dim]
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
@@ -90,36 +85,40 @@ class MLP(nn.Module):
 class MaskedTransformerDecoder(nn.Module):
     """Queries -> class logits and mask logits at every layer.
 
+    Keyword-only, without defaults: :class:`Mask2FormerHead` passes every value, from
+    ``Mask2FormerOptions`` (``raybench.study.model_options``, where the defaults are declared).
+
     Args:
         num_classes: K; the class head has K + 1 outputs (the last is "no object").
         in_channels: channels of the multi-scale features (1x1 projection only if != hidden_dim).
         num_layers: masked-attention layers (the paper's "10 decoder layers" counts the prediction
             from the learnt queries too, so 9 here gives 10 predictions).
-        dense_mask_grad: keep the autograd graph of every query's full-resolution mask logits.
-            False (the default of :class:`Mask2FormerHead`) computes them without autograd and returns
-            ``mask_embed`` so the criterion can rebuild the masks of the matched queries only (see
-            ``docs/mask2former.md``): same values, a fraction of the backward cost and memory.
     """
 
     num_levels = 3
+    #: Keep the autograd graph of every query's full-resolution mask logits (the reference's
+    #: way). A switch, not a hyper-parameter: the values are the same either way. Off, the masks
+    #: are computed without autograd and ``mask_embed`` is returned, so the criterion rebuilds
+    #: the masks of the matched queries only (see ``docs/mask2former.md``): a fraction of the
+    #: backward cost and memory.
+    dense_mask_grad: bool = False
 
     def __init__(
         self,
+        *,
         num_classes: int,
-        in_channels: int = 256,
-        hidden_dim: int = 256,
-        num_queries: int = 100,
-        num_heads: int = 8,
-        dim_feedforward: int = 2048,
-        num_layers: int = 9,
-        mask_dim: int = 256,
-        dropout: float = 0.0,
-        dense_mask_grad: bool = False,
+        in_channels: int,
+        hidden_dim: int,
+        num_queries: int,
+        num_heads: int,
+        dim_feedforward: int,
+        num_layers: int,
+        mask_dim: int,
     ):
         super().__init__()
+        self.num_queries = num_queries
         self.hidden_dim = hidden_dim
         self.num_heads = num_heads
-        self.dense_mask_grad = dense_mask_grad
         self.input_proj = nn.ModuleList(
             nn.Conv2d(in_channels, hidden_dim, 1) if in_channels != hidden_dim else nn.Identity()
             for _ in range(self.num_levels)
@@ -128,7 +127,7 @@ class MaskedTransformerDecoder(nn.Module):
         self.query_feat = nn.Embedding(num_queries, hidden_dim)
         self.query_embed = nn.Embedding(num_queries, hidden_dim)
         self.layers = nn.ModuleList(
-            MaskedDecoderLayer(hidden_dim, num_heads, dim_feedforward, dropout) for _ in range(num_layers)
+            MaskedDecoderLayer(hidden_dim, num_heads, dim_feedforward) for _ in range(num_layers)
         )
         self.decoder_norm = nn.LayerNorm(hidden_dim)
         self.class_embed = nn.Linear(hidden_dim, num_classes + 1)
