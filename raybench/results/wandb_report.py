@@ -3,9 +3,8 @@
 Why building is split from saving: :func:`build_wandb_report` is pure (no network, no
 key), so tests and a dry run can inspect every runset and panel; only
 :func:`publish_wandb_report` talks to W&B, and only with ``WANDB_API_KEY`` set. Without a
-key it prints one line and returns — the local report (report.md) is always made. (It prints
-rather than logs, unlike the rest of the library: that one line is the outcome of the W&B step
-a user asked for, on stdout next to the report's own line, and tests pin it there.)
+key it logs one line (INFO, on the command's console) and returns — the local report
+(report.md) is always made.
 
 The runs are found the way :mod:`raybench.tracking` logs them: W&B group = study name,
 job type = dataset id, ``config.axes`` = ``TrialSpec.axes()``, step = iteration.
@@ -13,6 +12,7 @@ job type = dataset id, ``config.axes`` = ``TrialSpec.axes()``, step = iteration.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -20,10 +20,12 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from raybench.results.report import ReportResult
 
+log = logging.getLogger(__name__)
+
 #: Curves and bars are grouped by these run-config keys (one line per Table 2 row).
 GROUP_BY: tuple[str, ...] = ("config.axes.backbone", "config.axes.pretraining", "config.axes.regime")
 DEFAULT_PROJECT = "raybench"
-SKIP_NO_KEY = "[raybench] W&B report skipped: WANDB_API_KEY is not set (local report: {where})"
+SKIP_NO_KEY = "W&B report skipped: WANDB_API_KEY is not set (local report: {where})"
 
 
 def _quote(value: str) -> str:
@@ -146,21 +148,20 @@ def report_for(result: ReportResult, *, project: str | None = None, entity: str 
 def publish_wandb_report(
     result: ReportResult, *, project: str | None = None, entity: str | None = None
 ) -> str | None:
-    """Save the W&B Report when a key is set; otherwise print one line. Never raises."""
+    """Save the W&B Report when a key is set; otherwise log one line. Never raises."""
     where = result.markdown
     if not os.environ.get("WANDB_API_KEY"):
-        print(SKIP_NO_KEY.format(where=where))
+        log.info(SKIP_NO_KEY.format(where=where))
         return None
     mode = os.environ.get("WANDB_MODE", "")
     if mode in ("offline", "disabled", "dryrun"):
-        print(f"[raybench] W&B report skipped: WANDB_MODE={mode} (local report: {where})")
+        log.info(f"W&B report skipped: WANDB_MODE={mode} (local report: {where})")
         return None
     try:
         report = report_for(result, project=project, entity=entity)
     except ImportError:
-        print(
-            "[raybench] W&B report skipped: `pip install wandb-workspaces` for the reports API "
-            f"(local report: {where})"
+        log.info(
+            f"W&B report skipped: `pip install wandb-workspaces` for the reports API (local report: {where})"
         )
         return None
     try:
@@ -173,10 +174,10 @@ def publish_wandb_report(
                     rs.entity = report.entity
         report.save()
         url = getattr(report, "url", None)
-        print(f"[raybench] W&B report: {url}")
+        log.info(f"W&B report: {url}")
         return url
     except Exception as exc:  # noqa: BLE001 - W&B must never fail the local report
-        print(f"[raybench] W&B report not saved ({type(exc).__name__}: {exc}); local report: {where}")
+        log.warning(f"W&B report not saved ({type(exc).__name__}: {exc}); local report: {where}")
         return None
 
 

@@ -76,6 +76,13 @@ def train_worker(config: dict[str, Any]) -> None:
         write_status(layout.trial_dir(trial.name), "running", extra=base_extra)
     ok = False
     engine_start = time.time()
+
+    def failed(extra: dict, exc: BaseException) -> None:
+        """The trial's status.json says it failed, and why (rank 0 only)."""
+        message = f"{type(exc).__name__}: {exc}"
+        status_extra = base_extra | reporter.status_extra() | extra
+        write_status(layout.trial_dir(trial.name), "failed", message, extra=status_extra)
+
     try:
         with tempfile.TemporaryDirectory(prefix=f"raybench-{trial.name}-") as work:
             if checkpoint is not None:
@@ -102,24 +109,12 @@ def train_worker(config: dict[str, Any]) -> None:
         # worker returns normally here and Ray Train does not restart the group; the trial's
         # driver reads this status and fails the Tune trial with this message.
         if rank == 0:
-            write_status(
-                layout.trial_dir(trial.name),
-                "failed",
-                f"{type(exc).__name__}: {exc}",
-                extra=base_extra
-                | reporter.status_extra()
-                | {"failure": deterministic_failure_record(exc), "session": config.get("session")},
-            )
+            failed({"failure": deterministic_failure_record(exc), "session": config.get("session")}, exc)
         log.error("%s: %s: %s", trial.name, type(exc).__name__, exc)
         return
     except BaseException as exc:
         if rank == 0:
-            write_status(
-                layout.trial_dir(trial.name),
-                "failed",
-                f"{type(exc).__name__}: {exc}",
-                extra=base_extra | reporter.status_extra(),
-            )
+            failed({}, exc)
         raise
     finally:
         engine_s = time.time() - engine_start

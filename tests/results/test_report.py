@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from raybench.console import console_output
 from raybench.results.report import FAILED, MISSING, RUNNING, build_report, load_paper
 from raybench.results.store import ResultsWriter, write_status
 from raybench.study import TrialSpec, load_study
@@ -240,7 +241,8 @@ def test_without_study_uses_status_metric_and_shows_no_missing(experiment, tmp_p
 
 def test_no_key_prints_one_skip_line(experiment, study, tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    res = build_report(str(experiment), tmp_path / "r", study=study)
+    with console_output():  # the one line is a log record, on a command's console
+        res = build_report(str(experiment), tmp_path / "r", study=study)
     out = capsys.readouterr().out.strip().splitlines()
     assert out == [f"[raybench] W&B report skipped: WANDB_API_KEY is not set (local report: {res.markdown})"]
     assert res.wandb_url is None and res.markdown.is_file()

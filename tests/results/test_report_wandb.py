@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import wandb_workspaces.reports.v2 as wr  # a dependency: missing must fail, not skip
 
+from raybench.console import console_output  # noqa: E402
 from raybench.results.report import build_report  # noqa: E402
 from raybench.results.store import ResultsWriter, write_status  # noqa: E402
 from raybench.results.wandb_report import (  # noqa: E402
@@ -104,12 +105,14 @@ def test_report_for_result_carries_table_and_datasets(small_report, monkeypatch)
 
 def test_no_key_skips_with_one_line_and_saves_nothing(small_report, monkeypatch, capsys, no_save):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    assert publish_wandb_report(small_report) is None
+    with console_output():  # the one line is a log record, on a command's console
+        assert publish_wandb_report(small_report) is None
     out = capsys.readouterr().out.strip().splitlines()
     assert len(out) == 1 and out[0].startswith("[raybench] W&B report skipped: WANDB_API_KEY is not set")
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
     monkeypatch.setenv("WANDB_MODE", "offline")
-    assert publish_wandb_report(small_report) is None
+    with console_output():
+        assert publish_wandb_report(small_report) is None
     assert "WANDB_MODE=offline" in capsys.readouterr().out
     assert no_save == []
 
@@ -117,7 +120,8 @@ def test_no_key_skips_with_one_line_and_saves_nothing(small_report, monkeypatch,
 def test_with_key_the_report_is_saved_once(small_report, monkeypatch, capsys, no_save):
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
     monkeypatch.setenv("WANDB_MODE", "online")
-    publish_wandb_report(small_report, project="p", entity="team")
+    with console_output():
+        publish_wandb_report(small_report, project="p", entity="team")
     assert len(no_save) == 1 and no_save[0].entity == "team" and no_save[0].project == "p"
     assert all(rs.entity == "team" for g in grids(no_save[0]) for rs in g.runsets)
     assert "[raybench] W&B report" in capsys.readouterr().out
