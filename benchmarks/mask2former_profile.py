@@ -67,21 +67,9 @@ def main() -> int:
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
     decoder = args.decoder
-    h, w = train_step.GPU_SIZE[decoder] if cuda else (args.cpu_size, args.cpu_size)
-    n = args.batch or (16 if cuda and decoder == "mask2former" else 8 if cuda else 2)
-    trial = train_step._trial(decoder, args.arch, args.regime)
-    if not cuda:
-        import dataclasses
-
-        inp = dataclasses.replace(
-            trial.recipe.input,
-            train_short_edge=(h,),
-            train_max_size=max(h, w),
-            test_short_edge=h,
-            test_max_size=max(h, w),
-            crop_size=(h, w),
-        )
-        trial = trial.replace(recipe=dataclasses.replace(trial.recipe, input=inp))
+    trial, h, w, n = train_step.sized_trial(
+        decoder, args.arch, args.regime, cuda=cuda, size=args.cpu_size, batch=args.batch
+    )
     task = build_task(trial)
     configure_backends(device, autotune=task.cudnn_autotune())
     num_classes = {"faster_rcnn": 1, "mask_rcnn": 3, "mask2former": 4}[decoder]

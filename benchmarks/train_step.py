@@ -62,6 +62,27 @@ def _trial(decoder: str, arch: str, regime: str):
     return trial.replace(backbone=dataclasses.replace(trial.backbone, pretrained=False))
 
 
+def sized_trial(decoder: str, arch: str, regime: str, *, cuda: bool, size: int, batch: int | None):
+    """The configuration's trial, image height / width and batch: the GPU sizes on CUDA, else
+    ``size`` x ``size`` (the detectors resize to the recipe's sizes, so they are set to it)."""
+    import dataclasses
+
+    h, w = GPU_SIZE[decoder] if cuda else (size, size)
+    n = batch or (16 if cuda and decoder == "mask2former" else 8 if cuda else 2)
+    trial = _trial(decoder, arch, regime)
+    if not cuda:
+        inp = dataclasses.replace(
+            trial.recipe.input,
+            train_short_edge=(h,),
+            train_max_size=max(h, w),
+            test_short_edge=h,
+            test_max_size=max(h, w),
+            crop_size=(h, w),
+        )
+        trial = trial.replace(recipe=dataclasses.replace(trial.recipe, input=inp))
+    return trial, h, w, n
+
+
 def _batch(decoder: str, meta, n: int, h: int, w: int, device):
     """Random images + plausible targets in the dataset contract's format."""
     import torch
@@ -117,21 +138,7 @@ def run_one(
 
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
-    h, w = GPU_SIZE[decoder] if cuda else (size, size)
-    n = batch or (16 if cuda and decoder == "mask2former" else 8 if cuda else 2)
-    trial = _trial(decoder, arch, regime)
-    if not cuda:  # the detectors resize to the recipe's sizes: make them the stated CPU size
-        import dataclasses
-
-        inp = dataclasses.replace(
-            trial.recipe.input,
-            train_short_edge=(h,),
-            train_max_size=max(h, w),
-            test_short_edge=h,
-            test_max_size=max(h, w),
-            crop_size=(h, w),
-        )
-        trial = trial.replace(recipe=dataclasses.replace(trial.recipe, input=inp))
+    trial, h, w, n = sized_trial(decoder, arch, regime, cuda=cuda, size=size, batch=batch)
     task = build_task(trial)
     autotune = task.cudnn_autotune() if cudnn_benchmark == "task" else cudnn_benchmark == "on"
     configure_backends(device, autotune=autotune)  # the engine's own settings: cudnn.benchmark, TF32
