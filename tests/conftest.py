@@ -40,6 +40,10 @@ def ray_session():
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield ray
     ray.shutdown()
+    # Workers the drills killed could not remove their scratch folders (GBs of checkpoints).
+    from raybench.sweep.scratch import remove_orphaned_scratch
+
+    remove_orphaned_scratch()
 
 
 # ---- S3: a moto server on loopback, shared by the storage and sweep tests ----

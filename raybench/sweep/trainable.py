@@ -34,6 +34,7 @@ from raybench.sweep.failures import (
 )
 from raybench.sweep.layout import ExperimentLayout
 from raybench.sweep.reporter import RESUMES_FILE, RayReporter, checkpoint_iteration, record_resume
+from raybench.sweep.scratch import scratch_dir
 from raybench.sweep.workerenv import FORWARDED_ENV, forwarded_env, split_secrets
 
 # Key of the Tune config / Train loop config (plain JSON-able values only).
@@ -44,8 +45,6 @@ log = logging.getLogger(__name__)
 
 def train_worker(config: dict[str, Any]) -> None:
     """Ray Train worker function: resume from Ray's checkpoint if any, run the engine."""
-    import tempfile
-
     import ray.train
     import torch
 
@@ -84,7 +83,7 @@ def train_worker(config: dict[str, Any]) -> None:
         write_status(layout.trial_dir(trial.name), "failed", message, extra=status_extra)
 
     try:
-        with tempfile.TemporaryDirectory(prefix=f"raybench-{trial.name}-") as work:
+        with scratch_dir(trial.name) as work:
             if checkpoint is not None:
                 with checkpoint.as_directory() as resume_dir:
                     start = checkpoint_iteration(Path(resume_dir))

@@ -123,7 +123,7 @@ def test_trial_drivers_are_pinned_to_the_head_node_and_counted_there(tmp_path, m
 
     monkeypatch.setattr(ray, "nodes", lambda: nodes(8.0))
     assert driver_resources(1.0) == ({"CPU": 1.0, HEAD_RESOURCE: 0.001}, 8.0)
-    assert driver_resources(0.0) == ({"CPU": 0.01, HEAD_RESOURCE: 0.001}, 8.0)  # toy runs: driver_cpus 0
+    assert driver_resources(0.0) == ({"CPU": 0.0, HEAD_RESOURCE: 0.001}, 8.0)  # toy runs: no CPU
     # A head without CPUs for a driver (`ray start --head --num-cpus=0`): not pinned, and said so.
     monkeypatch.setattr(ray, "nodes", lambda: nodes(0.0))
     with caplog.at_level("WARNING", logger="raybench.sweep.placement"):

@@ -51,6 +51,10 @@ def test_subset_runs_end_to_end_with_wandb_and_results(tmp_path, ray_session, mo
     results = read_results(str(root))
     status = read_status(str(root))
     assert set(status) == names and all(s["state"] == "finished" for s in status.values())
+    # ... and the two trials really ran at once: a driver asking 0.01 CPU on top of its worker's
+    # 1 made the second worker wait for the first trial to end (2.02 CPUs > 2).
+    (a_start, a_end), (b_start, b_end) = sorted((s["started"], s["updated"]) for s in status.values())
+    assert b_start < a_end, "the trials ran one after the other"
     for name in names:
         ap = results[(results.trial == name) & (results.metric == "val/box_AP50")]
         assert sorted(ap.iter.tolist()) == [2, 4]
