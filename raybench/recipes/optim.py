@@ -223,15 +223,15 @@ def build_optimizer(
 ) -> torch.optim.Optimizer:
     """SGD (momentum, as Detectron2) or AdamW over :func:`param_groups`.
 
-    With every parameter on CUDA the fused implementation is used (one kernel for the whole
-    update instead of several per parameter group); on CPU the default one, so CPU runs keep
-    their exact numbers.
+    ``spec.fused`` None: with every parameter on CUDA the fused implementation is used (one
+    kernel for the whole update instead of several per parameter group); on CPU the default
+    one, so CPU runs keep their exact numbers. True / False: fused everywhere / nowhere.
     """
     groups = param_groups(model, spec, backbone=backbone)
     if not groups:
         raise ValueError("the model has no trainable parameter: nothing to optimise")
-    on_cuda = all(p.is_cuda for g in groups for p in g["params"])
-    fast: dict[str, Any] = {"fused": True} if on_cuda else {}
+    fused = spec.fused if spec.fused is not None else all(p.is_cuda for g in groups for p in g["params"])
+    fast: dict[str, Any] = {"fused": True} if fused else {}
     if spec.name == "sgd":
         return torch.optim.SGD(
             groups, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay, **fast

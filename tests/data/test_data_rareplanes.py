@@ -175,3 +175,38 @@ def test_boxes_outside_are_clipped_and_degenerate_dropped(tmp_path) -> None:
     assert ds.stats["boxes_clipped"] == 1 and ds.stats["degenerate_boxes_dropped"] == 2
     target = ds.load_target(0)
     assert target["boxes"].tolist() == [[50.0, 40.0, 64.0, 48.0]] and target["labels"].tolist() == [1]
+
+
+def _mask_fill(root, width: float | None) -> float:
+    """Mean fraction of its box that a synthetic plane's mask fills."""
+    ds = build_dataset("rareplanes", root, "train", unmapped="skip")
+    fills = []
+    for i in range(len(ds)):
+        target = ds[i][1]
+        for box, mask in zip(target["boxes"], target["masks"]):
+            area = float((box[2] - box[0]) * (box[3] - box[1]))
+            fills.append(float(mask.sum()) / area)
+    return sum(fills) / len(fills)
+
+
+def test_synthetic_plane_width_thickens_planes_and_defaults_to_the_old_files(tmp_path) -> None:
+    import hashlib
+
+    from raybench.data.synth import synthesize
+
+    def digest(root) -> str:
+        files = sorted(p for p in root.rglob("*") if p.is_file() and p.name != ".raybench-synth.json")
+        return hashlib.sha256(b"".join(p.read_bytes() for p in files)).hexdigest()
+
+    common = {"images": 8, "size": 96, "seed": 3, "object_scale": 5}
+    plain = synthesize("rareplanes", tmp_path / "plain", **common)
+    same = synthesize("rareplanes", tmp_path / "w1", **common, plane_width=1)
+    wide = synthesize("rareplanes", tmp_path / "w35", **common, plane_width=3.5)
+    assert digest(plain) == digest(same)  # width 1 = the files written before the option
+    assert json.loads((wide / ".raybench-synth.json").read_text())["options"] == {"plane_width": 3.5}
+    thin, thick = _mask_fill(plain, None), _mask_fill(wide, 3.5)
+    assert 0.15 < thin < 0.4 and thick > thin + 0.2, (thin, thick)
+    for bad in (0, -1, 6, True, "wide"):
+        with pytest.raises((ValueError, TypeError), match="plane_width must be a number in"):
+            synthesize("rareplanes", tmp_path / f"bad{bad}", images=4, size=32, plane_width=bad)
+        assert not (tmp_path / f"bad{bad}").exists()  # refused before writing anything

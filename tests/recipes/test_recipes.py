@@ -310,3 +310,27 @@ def test_convnext_detection_recipe_exempts_every_1d_parameter(paper, regime):
         assert by_param[id(bb["body.stem_0.weight"])]["lr"] == pytest.approx(1e-4 * 0.95**7)
         assert by_param[id(bb["body.stages_3.blocks.2.gamma"])]["lr"] == pytest.approx(1e-4 * 0.95)
         assert backbone.body.stages_3.blocks[2].drop_path.drop_prob == pytest.approx(0.4)
+
+
+@pytest.mark.parametrize("name", ["adamw", "sgd"])
+def test_fused_update_is_opt_in_on_cpu_and_the_same_update(name: str) -> None:
+    """``fused`` None keeps torch's CPU default (exact numbers); True gives the fused kernel,
+    whose step equals the default one up to rounding."""
+
+    def step(fused: bool | None) -> tuple[torch.optim.Optimizer, list[torch.Tensor]]:
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(8, 16), nn.LayerNorm(16), nn.Linear(16, 3))
+        spec = OptimizerSpec(name=name, lr=1e-2, weight_decay=0.05, norm_weight_decay=0.0, fused=fused)
+        opt = build_optimizer(model, spec)
+        for _ in range(3):
+            opt.zero_grad()
+            model(torch.randn(4, 8)).square().mean().backward()
+            opt.step()
+        return opt, [p.detach().clone() for p in model.parameters()]
+
+    default, a = step(None)
+    fused, b = step(True)
+    never, c = step(False)
+    assert not default.defaults["fused"] and fused.defaults["fused"] and not never.defaults["fused"]
+    assert all(torch.equal(x, z) for x, z in zip(a, c))  # False = the CPU default, exactly
+    assert all(torch.allclose(x, y, rtol=1e-5, atol=1e-6) for x, y in zip(a, b))

@@ -20,7 +20,7 @@ import numpy as np
 from raybench.data.synth.coco import synth_coco
 from raybench.data.synth.gdxray import synth_gdxray
 from raybench.data.synth.mask_folder import synth_mask_folder
-from raybench.data.synth.rareplanes import synth_rareplanes
+from raybench.data.synth.rareplanes import check_plane_width, synth_rareplanes
 from raybench.data.synth.rubber_rings import synth_rubber_rings
 from raybench.data.synth.severstal import synth_severstal
 
@@ -115,7 +115,8 @@ def synthesize(
 
     Options: ``severstal``: ``csv_format="current"|"old"``; ``gdxray``: ``contrast`` (times the
     pores' grey-value step, 1 = the default look; the smoke study raises it so a random-init
-    detector tells pores from the casting's smooth thickness variations). The result is readable by
+    detector tells pores from the casting's smooth thickness variations); ``rareplanes``:
+    ``plane_width`` (fuselage width and wing chord x this, 1 = real proportions). The result is readable by
     ``build_dataset(name, out_dir, split)`` for both splits (RarePlanes with
     ``unmapped="skip"``: it holds military roles). ``out_dir`` must be new, empty, or
     written by an earlier call (it is then cleared).
@@ -123,7 +124,9 @@ def synthesize(
     if name not in SYNTHESIZERS:
         raise ValueError(f"no synthesizer for {name!r}; known: {', '.join(sorted(SYNTHESIZERS))}")
     _check(name, images)
-    allowed = {"severstal": {"csv_format"}, "gdxray": {"contrast"}}.get(name, set())
+    allowed = {"severstal": {"csv_format"}, "gdxray": {"contrast"}, "rareplanes": {"plane_width"}}.get(
+        name, set()
+    )
     unknown = sorted(set(options) - allowed)
     if unknown:
         raise ValueError(f"unknown synth option(s) for {name!r}: {', '.join(unknown)}")
@@ -131,6 +134,8 @@ def synthesize(
     if size < 16:
         raise ValueError(f"synthesize: size must be >= 16 pixels, got {size}")
     scale = _object_scale(object_scale)
+    if "plane_width" in options:
+        check_plane_width(options["plane_width"])
     out = Path(out_dir)
     _prepare_out(out)
     (out / MARKER).write_text(
