@@ -12,6 +12,7 @@ import numpy as np
 from PIL import Image
 
 from raybench.data.rareplanes import ANNOTATION_FILES as RAREPLANES_FILES
+from raybench.data.synth.options import positive_at_most
 from raybench.data.synth.shapes import as_bool, new_mask, rotated, smooth_noise, to_uint8
 
 #: (role, length / tile, wing type, engines, propulsion); the three civil roles are the classes.
@@ -100,16 +101,7 @@ def _ground(rng: np.random.Generator, s: int) -> np.ndarray:
 
 def check_plane_width(value: Any) -> float:
     """``plane_width`` as a float in (0, MAX_PLANE_WIDTH], or a ValueError saying what is expected."""
-    try:
-        width = math.nan if isinstance(value, bool) else float(value)
-    except (TypeError, ValueError):
-        width = math.nan
-    if not 0 < width <= MAX_PLANE_WIDTH:
-        raise ValueError(
-            f"synthesize: plane_width must be a number in (0, {MAX_PLANE_WIDTH:g}] "
-            f"(1 = real planes' proportions), got {value!r}"
-        )
-    return width
+    return positive_at_most("plane_width", value, MAX_PLANE_WIDTH, "1 = real planes' proportions")
 
 
 def synth_rareplanes(

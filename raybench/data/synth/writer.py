@@ -9,7 +9,6 @@ folder holds what a study asks for.
 from __future__ import annotations
 
 import json
-import math
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +19,7 @@ import numpy as np
 from raybench.data.synth.coco import synth_coco
 from raybench.data.synth.gdxray import synth_gdxray
 from raybench.data.synth.mask_folder import synth_mask_folder
+from raybench.data.synth.options import positive_at_most
 from raybench.data.synth.rareplanes import check_plane_width, synth_rareplanes
 from raybench.data.synth.rubber_rings import synth_rubber_rings
 from raybench.data.synth.severstal import synth_severstal
@@ -84,16 +84,9 @@ def _prepare_out(out: Path) -> None:
 
 def _object_scale(value: Any) -> float:
     """``object_scale`` as a float in (0, MAX_OBJECT_SCALE], or a ValueError saying what is expected."""
-    try:
-        scale = float(value)
-    except (TypeError, ValueError):
-        scale = math.nan
-    if isinstance(value, bool) or not 0 < scale <= MAX_OBJECT_SCALE:
-        raise ValueError(
-            f"synthesize: object_scale must be a number in (0, {MAX_OBJECT_SCALE:g}] "
-            f"(1 = the real datasets' relative object sizes), got {value!r}"
-        )
-    return scale
+    return positive_at_most(
+        "object_scale", value, MAX_OBJECT_SCALE, "1 = the real datasets' relative object sizes"
+    )
 
 
 def synthesize(
