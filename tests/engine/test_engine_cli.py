@@ -16,20 +16,22 @@ TRIAL = "gdxray-convnext_t-supervised-full-s42"
 @pytest.mark.filterwarnings("ignore:gdxray")
 def test_train_command_writes_metrics_and_checkpoints(repo_root, tmp_path, capsys):
     # A copy of the smoke study: its relative data roots then point into tmp_path. Its
-    # detection recipe cut to 6 iterations (the smoke trial's 120 are for learning, this
-    # test checks the command's outputs).
+    # detection recipe cut to 6 iterations, GDXray's own iteration override too (the smoke
+    # trial's 80 are for learning, this test checks the command's outputs).
     study = tmp_path / "experiments" / "smoke.yaml"
     study.parent.mkdir()
     data = yaml.safe_load((repo_root / "experiments" / "smoke.yaml").read_text())
     data["recipes"]["detectron2"]["schedule"]["iterations"] = 6
     data["recipes"]["detectron2"].update(eval_period=3, checkpoint_period=3, log_period=2)
+    gdxray = next(d for d in data["datasets"] if d["id"] == "gdxray")
+    gdxray["overrides"]["schedule"].pop("iterations")
     study.write_text(yaml.safe_dump(data, sort_keys=False))
     out = tmp_path / "run"
     recipe = load_study(study, dry_run=True).trial(TRIAL).recipe
     n, period = recipe.schedule.iterations, recipe.eval_period
     assert main(["train", str(study), "--trial", TRIAL, "--out", str(out)]) == 0
     records = read_metrics(out / "metrics.jsonl")
-    assert records[-1]["iter"] == n
+    assert n == 6 and records[-1]["iter"] == n
     assert {"train/loss", "train/loss_classifier", "lr", "epoch", "imgs_per_s"} <= records[-1].keys()
     evals = [r["iter"] for r in records if "val/box_AP50" in r]
     assert evals == sorted({*range(period, n + 1, period), n})  # every eval_period and at the end

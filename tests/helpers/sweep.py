@@ -52,6 +52,7 @@ def tiny_study(
     study["rows"] = [{"backbone": "convnext_t-supervised", "regime": r} for r in regimes]
     gd = next(d for d in smoke["datasets"] if d["id"] == "gdxray")
     gd["root"] = str(tmp / "data" / "gdxray")
+    gd["synthetic"]["images"] = 24  # the smoke study's 40 are for learning; these tests check machinery
     study["datasets"] = [gd]
     recipe = study["recipes"]["detectron2"]
     recipe.update(
