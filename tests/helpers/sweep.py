@@ -51,9 +51,8 @@ def tiny_study(
     # ConvNeXt's design at 1/8 of ConvNeXt-T's parameters (same id, so the same trial names and
     # recipe): these studies test the sweep's machinery, whose time went into writing and
     # copying ConvNeXt-T's ~0.35 GB checkpoints.
-    study["backbones"] = [
-        b | {"timm_name": "convnext_atto.d2_in1k"} for b in smoke["backbones"] if b["id"] == "convnext_t-supervised"
-    ]
+    atto = {"timm_name": "convnext_atto.d2_in1k"}
+    study["backbones"] = [b | atto for b in smoke["backbones"] if b["id"] == "convnext_t-supervised"]
     study["rows"] = [{"backbone": "convnext_t-supervised", "regime": r} for r in regimes]
     gd = next(d for d in smoke["datasets"] if d["id"] == "gdxray")
     gd["root"] = str(tmp / "data" / "gdxray")
