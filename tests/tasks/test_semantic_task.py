@@ -403,13 +403,22 @@ def test_overfits_two_severstal_images(smoke_file, tmp_path, decoder):
     "name", ["severstal-convnext_t-dinov3-full-s42", "rubber_rings-convnext_t-supervised-frozen-s42"]
 )
 def test_cli_train_writes_metrics(smoke_file, tmp_path, capsys, name):
+    """The command's outputs, on the smoke trial cut to 8 iterations (its 80 are for learning)."""
+    import yaml
+
     from raybench.cli import main
 
+    data = yaml.safe_load(smoke_file.read_text())
+    recipe = data["recipes"]["mask2former"]
+    recipe["schedule"]["iterations"] = 8
+    recipe.update(eval_period=4, checkpoint_period=8, log_period=4)
+    smoke_file = smoke_file.with_name("smoke_cli.yaml")  # beside the copy: same data roots
+    smoke_file.write_text(yaml.safe_dump(data, sort_keys=False))
     out = tmp_path / "out"
     assert main(["train", str(smoke_file), "--trial", name, "--out", str(out)]) == 0
     records = read_metrics(out / "metrics.jsonl")
     trial = load_study(smoke_file).trial(name)
-    assert records[-1]["iter"] == trial.recipe.schedule.iterations
+    assert records[-1]["iter"] == trial.recipe.schedule.iterations == 8
     evals = [r for r in records if "val/mIoU" in r]
     assert len(evals) == trial.recipe.schedule.iterations // trial.recipe.eval_period
     headline = trial.dataset.headline_metric
