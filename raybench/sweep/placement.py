@@ -41,16 +41,17 @@ def driver_resources(driver_cpus: float) -> tuple[dict[str, float], float | None
     """
     import ray
 
+    unpinned = max(driver_cpus, MIN_DRIVER_CPUS)
     head = next((n["Resources"] for n in ray.nodes() if n["Alive"] and HEAD_RESOURCE in n["Resources"]), None)
-    if head is None or float(head.get("CPU", 0.0)) < max(driver_cpus, MIN_DRIVER_CPUS):
+    if head is None or float(head.get("CPU", 0.0)) < unpinned:
         log.warning(
             "warning: the head node has %s CPUs, a trial driver needs %g: trial drivers may run on "
             "worker nodes, and losing one (a spot node) can stall Ray Train; give the head CPUs "
             "(docs/cluster.md, section 9)",
             "no" if head is None else f"{float(head.get('CPU', 0.0)):g}",
-            max(driver_cpus, MIN_DRIVER_CPUS),
+            unpinned,
         )
-        return {"CPU": max(driver_cpus, MIN_DRIVER_CPUS)}, None
+        return {"CPU": unpinned}, None
     return {"CPU": float(driver_cpus), HEAD_RESOURCE: HEAD_SHARE}, float(head["CPU"])
 
 
