@@ -17,6 +17,7 @@ import logging
 import netrc
 import os
 import struct
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -189,14 +190,31 @@ def _records(path: Path) -> list[bytes]:
     return out
 
 
-def read_offline_run(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Run metadata, config and history of an offline run file (``run-<id>.wandb``)."""
+def read_offline_run(path: str | os.PathLike[str], wait_s: float = 0.0) -> dict[str, Any]:
+    """Run metadata, config and history of an offline run file (``run-<id>.wandb``).
+
+    wandb-core writes the file behind ``run.finish()``: its log writer holds the newest
+    record until the next one (or the stream's close), so right after ``finish()`` the
+    file can lack the last config update or history row. ``wait_s`` > 0 re-reads until
+    the run's exit record is in the file (everything before it is then written), up to
+    that many seconds; ``complete`` in the result says whether it was seen.
+    """
+    deadline = time.monotonic() + wait_s
+    data = _read_offline_run(Path(path))
+    while not data["complete"] and time.monotonic() < deadline:
+        time.sleep(0.2)
+        data = _read_offline_run(Path(path))
+    return data
+
+
+def _read_offline_run(path: Path) -> dict[str, Any]:
     from wandb.proto import wandb_internal_pb2 as pb
 
+    complete = False
     run: dict[str, Any] = {}
     config: dict[str, Any] = {}
     history: list[dict[str, Any]] = []
-    for raw in _records(Path(path)):
+    for raw in _records(path):
         rec = pb.Record()
         rec.ParseFromString(raw)
         kind = rec.WhichOneof("record_type")
@@ -217,8 +235,10 @@ def read_offline_run(path: str | os.PathLike[str]) -> dict[str, Any]:
             history.append(
                 {(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in rec.history.item}
             )
+        elif kind == "exit":
+            complete = True
     config.pop("_wandb", None)
-    return {"run": run, "config": config, "history": history}
+    return {"run": run, "config": config, "history": history, "complete": complete}
 
 
 def find_offline_runs(root: str | os.PathLike[str]) -> list[Path]:

@@ -188,4 +188,4 @@ def test_the_choice_is_recorded_in_status_and_wandb_config(repo_root, tmp_path, 
     assert status["batch"] == info and status["attempts"] == 1 and status["metric"] == "val/mse"
     assert reporter.status_extra() == {"batch": info}
     (run,) = find_offline_runs(layout.wandb_dir(trial.name))
-    assert read_offline_run(run)["config"]["batch"] == info
+    assert read_offline_run(run, wait_s=30)["config"]["batch"] == info

@@ -61,7 +61,7 @@ def test_subset_runs_end_to_end_with_wandb_and_results(tmp_path, ray_session, mo
         assert (ap.value >= 0).all() and (ap.value <= 100).all()
         assert (root / "train" / name).is_dir()  # the Train run is named after the trial
     # W&B offline files: one run per trial with its config and history.
-    runs = {read_offline_run(p)["run"]["name"]: read_offline_run(p) for p in find_offline_runs(root)}
+    runs = {r["run"]["name"]: r for r in (read_offline_run(p, wait_s=30) for p in find_offline_runs(root))}
     assert set(runs) == names
     for name, run in runs.items():
         assert run["run"]["group"] == "tiny" and run["run"]["job_type"] == "gdxray"

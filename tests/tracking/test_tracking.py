@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 
 import pytest
 
@@ -35,12 +34,9 @@ def test_offline_run_has_config_history_and_grouping(tmp_path, monkeypatch, capl
     t.finish()
     runs = find_offline_runs(tmp_path)
     assert len(runs) == 1
-    # wandb-core writes the run file asynchronously; under load it can lag finish() a moment.
-    deadline = time.time() + 30
-    data = read_offline_run(runs[0])
-    while (not data["run"] or len(data["history"]) < 3) and time.time() < deadline:
-        time.sleep(0.5)
-        data = read_offline_run(runs[0])
+    # wandb-core writes the run file behind finish(): wait for its exit record.
+    data = read_offline_run(runs[0], wait_s=30)
+    assert data["complete"]
     assert data["run"]["id"] == run_id("smoke", t.trial) and data["run"]["name"] == t.trial
     assert data["run"]["group"] == "smoke" and data["run"]["job_type"] == "gdxray"
     assert data["run"]["tags"] == ["convnext_t", "dinov3", "frozen"]
