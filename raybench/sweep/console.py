@@ -76,6 +76,40 @@ def tune_output(verbosity: int) -> Iterator[None]:
         os.environ.pop(key, None)
 
 
+#: Driver messages of Ray's that a user cannot act on; the raylet also writes each to its log
+#: (``raylet.out``). The worker-pool size warning fires at 4x the node's CPU count, i.e. on
+#: any small node running the usual ~4 processes per trial (driver, Train controller, worker,
+#: Ray Data's coordinator) -- the smoke study on 2 CPUs; it is not a leak.
+RAY_DRIVER_NOISE = (" worker processes have been started on node: ",)
+
+
+@contextlib.contextmanager
+def ray_driver_messages(verbosity: int) -> Iterator[None]:
+    """Below ``--verbose``, drop :data:`RAY_DRIVER_NOISE` from the messages Ray's driver prints
+    from its error channel (printed whatever ``log_to_driver`` says); every other message (a
+    task killed for memory, a node died, ...) still reaches the console."""
+    try:
+        import ray._private.worker as worker
+    except ImportError:  # pragma: no cover - Ray is a dependency
+        yield
+        return
+    original = getattr(worker, "print_to_stdstream", None)
+    if verbosity >= VERBOSE or original is None:
+        yield
+        return
+
+    def filtered(data: dict, ignore_prefix: bool) -> None:
+        lines = [x for x in data.get("lines", []) if not any(n in str(x) for n in RAY_DRIVER_NOISE)]
+        if lines:
+            original({**data, "lines": lines}, ignore_prefix)
+
+    worker.print_to_stdstream = filtered
+    try:
+        yield
+    finally:
+        worker.print_to_stdstream = original
+
+
 def ray_logs_dir() -> str | None:
     """This node's Ray log folder (worker output, Ray internals), if Ray is up here."""
     try:
@@ -166,6 +200,7 @@ __all__ = [
     "activate",
     "active",
     "console_output",
+    "ray_driver_messages",
     "ray_init_kwargs",
     "num",
     "ray_logs_dir",

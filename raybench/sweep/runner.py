@@ -314,6 +314,7 @@ def _run_study(study: Study, options: SweepOptions) -> dict[str, Any]:
     every = list(study.trials)
     with (
         console.tune_output(options.verbosity),
+        console.ray_driver_messages(options.verbosity),
         console.activate(
             metric={t.name: t.dataset.headline_metric for t in every},
             iterations={t.name: t.recipe.schedule.iterations for t in every},

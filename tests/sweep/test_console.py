@@ -25,6 +25,7 @@ RAY_NOISE = (
     "Failed to query Ray Train Controller",
     "core_worker.cc",
     "Reporting training result",
+    "worker processes have been started on node",
 )
 
 
@@ -123,6 +124,28 @@ def test_verbosity_flags():
 
 
 @pytest.mark.timeout(900)
+@pytest.mark.parametrize("level", [console.DEFAULT, console.VERBOSE])
+def test_rays_worker_pool_warning_is_dropped_below_verbose(level, capsys):
+    """The raylet's worker-pool size warning reaches the driver through Ray's error channel,
+    which ``log_to_driver=False`` does not silence: dropped below ``--verbose``, every other
+    driver message kept, Ray's printer restored afterwards."""
+    import ray._private.worker as worker
+
+    original = worker.print_to_stdstream
+    pool = (
+        f"WARNING: 8 PYTHON worker processes have been started on node: {level}abc with address: "
+        "127.0.0.1. This could be a result of using a large number of actors."
+    )
+    oom = f"Task was killed due to the node running low on memory ({level})."
+    with console.ray_driver_messages(level):
+        message = {"lines": [pool, oom], "pid": "raylet", "is_err": False}
+        worker.print_to_stdstream(message, ignore_prefix=False)
+    assert worker.print_to_stdstream is original
+    out = capsys.readouterr().out
+    assert oom in out
+    assert (pool in out) == (level >= console.VERBOSE), out
+
+
 def test_main_job_console_has_no_ray_noise(tmp_path):
     """``experiments/run_grid.py --only ...`` on two trials of (a short copy of) the smoke study,
     in a subprocess with its own local Ray (own RAY_TMPDIR: it neither joins nor disturbs the
