@@ -88,12 +88,9 @@ def ray_driver_messages(verbosity: int) -> Iterator[None]:
     """Below ``--verbose``, drop :data:`RAY_DRIVER_NOISE` from the messages Ray's driver prints
     from its error channel (printed whatever ``log_to_driver`` says); every other message (a
     task killed for memory, a node died, ...) still reaches the console."""
-    try:
-        import ray._private.worker as worker
-    except ImportError:  # pragma: no cover - Ray is a dependency
-        yield
-        return
-    original = getattr(worker, "print_to_stdstream", None)
+    import ray._private.worker as worker
+
+    original = getattr(worker, "print_to_stdstream", None)  # a private name: absent -> no filter
     if verbosity >= VERBOSE or original is None:
         yield
         return
